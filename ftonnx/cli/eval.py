@@ -1,0 +1,50 @@
+"""`ftonnx eval`: loss, top-1/top-5, per-class accuracy and the confusion matrix of a classifier."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="One folder of images per class; or a folder with train/ and val/ (val is evaluated); "
+                   "or the image root of --list.")
+@click.option("--list", "list_file", type=click.Path(dir_okay=False),
+              help="List file of 'relative/path label' lines (MNN's layout), paths relative to --data.")
+@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per inference batch.")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+def command(model: str, data: str, list_file: str | None, batch_size: int, strict: bool, as_json: bool) -> None:
+    """Evaluate MODEL (.onnx or .ort) on labelled images; the classes must be the model's labels."""
+    from ftonnx.train.data import discover
+    from ftonnx.train.evaluate import evaluate
+
+    train, val = discover(data, list_file=list_file, strict=strict)
+    dataset = val if val is not None else train
+    for path, reason in train.skipped + (val.skipped if val is not None else []):
+        click.echo(f"ftonnx: skipped {path}: {reason}", err=True)
+    result = evaluate(model, dataset, batch_size=batch_size)
+    click.echo(json.dumps(result) if as_json else _table(result))
+
+
+def _table(result: dict) -> str:
+    """The metrics as a compact table; the confusion matrix only when it fits on a screen."""
+    top5 = f"  top5 {result['top5']:.4f}" if "top5" in result else ""
+    lines = [f"images {result['count']}  loss {result['loss']:.4f}  top1 {result['top1']:.4f}{top5}"]
+    names = list(result["per_class"])
+    width = max(len(n) for n in names + ["class"])
+    show_confusion = len(names) <= 12
+    header = f"{'class':<{width}}  {'acc':>6}  {'n':>5}"
+    if show_confusion:
+        header += "  confusion (columns: predicted, in class order)"
+    lines.append(header)
+    for name, row in zip(names, result["confusion"]):
+        acc = result["per_class"][name]
+        line = f"{name:<{width}}  {'-' if acc is None else f'{acc:.4f}':>6}  {sum(row):>5}"
+        if show_confusion:
+            line += "  " + " ".join(f"{v:>5}" for v in row)
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,287 @@
+"""Image classification data sets: find the samples (ImageFolder or MNN list files) and load them
+in batches, decoding ahead of the consumer in a thread pool.
+
+Everything is deterministic: class order (sorted folder names; integer labels numerically), the
+validation split (seeded, stratified per class), shuffling per (seed, epoch) and augmentation per
+(seed, epoch, sample), whatever the number of threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from ftonnx.errors import FtonnxError
+from ftonnx.metadata import Preprocess
+from ftonnx.train.images import DECODE_ERRORS, load_image
+
+__all__ = ["Dataset", "discover", "load_image", "Loader"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples as (absolute path, class index), the class names in index order, and what was skipped."""
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def discover(data: str, *, val: str | None = None, val_split: float | None = None, list_file: str | None = None,
+             val_list: str | None = None, seed: int = 0, strict: bool = False) -> tuple[Dataset, Dataset | None]:
+    """The training set and the validation set (None when there is none) that the arguments describe.
+
+    With `list_file`, DATA is the image root of `relative/path label` lines (`val_list` likewise,
+    rooted at `val` or DATA). Otherwise DATA is one folder per class, or holds train/ and val/;
+    `val` is a separate folder per class; `val_split` holds out that fraction of each class.
+    """
+    root = Path(data).expanduser().absolute()
+    if not root.is_dir():
+        raise FtonnxError(f"{data}: no such folder")
+    if val_split is not None and not 0 < val_split < 1:
+        raise FtonnxError(f"--val-split must lie between 0 and 1, not {val_split}")
+    if val_list is not None and list_file is None:
+        raise FtonnxError("a validation list needs a training list too: pass --list")
+    if list_file is not None:
+        paths, tokens = _read_list(list_file, root)
+        classes = _list_classes(tokens)
+        train = _checked(paths, _indices(tokens, classes, list_file, list_file), classes, strict)
+        val_set = None
+        if val_list is not None:
+            vpaths, vtokens = _read_list(val_list, Path(val).expanduser().absolute() if val else root)
+            val_set = _checked(vpaths, _indices(vtokens, classes, val_list, list_file), classes, strict)
+    else:
+        if val is None and (root / "train").is_dir() and (root / "val").is_dir():
+            if val_split is not None:
+                raise FtonnxError(f"{data} holds train/ and val/ already; drop --val-split")
+            root, val = root / "train", str(root / "val")
+        classes = _class_folders(root)
+        train = _folder(root, classes, strict)
+        val_set = _folder(Path(val).expanduser().absolute(), classes, strict, validation=True) if val else None
+    _require_classes(train, data)
+    if val_split is not None:
+        if val_set is not None:
+            raise FtonnxError("give either a validation set or --val-split, not both")
+        train, val_set = _split(train, val_split, seed)
+    return train, val_set
+
+
+def _class_folders(root: Path) -> list[str]:
+    """Sorted names of the class folders under `root`."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FtonnxError(f"{root}: no class folders; expected one folder of images per class")
+    return classes
+
+
+def _folder(root: Path, classes: list[str], strict: bool, validation: bool = False) -> Dataset:
+    """The images of an ImageFolder `root`, labelled by `classes` (a validation set's come from training)."""
+    if not root.is_dir():
+        raise FtonnxError(f"{root}: no such folder")
+    found = _class_folders(root)
+    extra = [c for c in found if c not in classes]
+    if validation and extra:
+        raise FtonnxError(f"{root}: class folder(s) {', '.join(extra[:5])} are not in the training set")
+    paths, labels = [], []
+    for name in found:
+        files = sorted(f for f in (root / name).iterdir()
+                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
+        if not files:
+            raise FtonnxError(f"{root / name}: empty class folder (no image files); remove it or add images")
+        paths += [str(f) for f in files]
+        labels += [classes.index(name)] * len(files)
+    dataset = _checked(paths, labels, classes, strict)
+    present = {label for _, label in dataset.samples}
+    for name in found:
+        if classes.index(name) not in present:
+            raise FtonnxError(f"{root / name}: no readable images in this class folder")
+    return dataset
+
+
+def _read_list(list_file: str, root: Path) -> tuple[list[str], list[str]]:
+    """Paths (joined to `root`) and label tokens of a `relative/path label` list file."""
+    path = Path(list_file).expanduser()
+    if not path.is_file():
+        raise FtonnxError(f"{list_file}: no such list file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FtonnxError(f"{list_file}: not a UTF-8 text file of 'relative/path label' lines") from None
+    paths, tokens = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise FtonnxError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}")
+        paths.append(str(root / parts[0].strip()))
+        tokens.append(parts[1])
+    if not paths:
+        raise FtonnxError(f"{list_file}: no 'relative/path label' lines")
+    return paths, tokens
+
+
+def _is_int(token: str) -> bool:
+    try:
+        int(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _list_classes(tokens: list[str]) -> list[str]:
+    """Class names in index order: integer labels numerically, names sorted."""
+    if all(_is_int(t) for t in tokens):
+        return [str(v) for v in sorted({int(t) for t in tokens})]
+    return sorted(set(tokens))
+
+
+def _indices(tokens: list[str], classes: list[str], source: str, train_list: str) -> list[int]:
+    """Class indices of label tokens (integers compare by value when the classes are integers)."""
+    numeric = all(_is_int(c) for c in classes)
+    index = {c: i for i, c in enumerate(classes)}
+    keys = [str(int(t)) if numeric and _is_int(t) else t for t in tokens]
+    unknown = sorted({t for t, k in zip(tokens, keys) if k not in index})
+    if unknown:
+        raise FtonnxError(f"{source}: label(s) {', '.join(unknown[:5])} do not occur in {train_list}")
+    return [index[k] for k in keys]
+
+
+def _probe(path: str) -> str | None:
+    """Why `path` cannot be an image (from its header; cheap), or None when it looks fine."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except FileNotFoundError:
+        return "no such file"
+    except DECODE_ERRORS as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _checked(paths: list[str], labels: list[int], classes: list[str], strict: bool) -> Dataset:
+    """A Dataset of the readable images; the others are skipped, or an error when `strict`."""
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        reasons = list(pool.map(_probe, paths))
+    samples, skipped = [], []
+    for path, label, reason in zip(paths, labels, reasons):
+        if reason is None:
+            samples.append((path, label))
+        elif strict:
+            raise FtonnxError(f"{path}: unreadable image ({reason}); fix or remove it, or drop --strict")
+        else:
+            skipped.append((path, reason))
+    return Dataset(samples, list(classes), skipped)
+
+
+def _require_classes(dataset: Dataset, data: str) -> None:
+    """A classifier needs two classes and an image in each."""
+    if len(dataset.classes) < 2:
+        raise FtonnxError(f"{data}: only one class ({', '.join(dataset.classes)}); a classifier needs at least two")
+    if not dataset.samples:
+        raise FtonnxError(f"{data}: no readable images")
+
+
+def _split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Hold out `fraction` of each class, chosen by `seed` (at least one image per class on each side)."""
+    train, val = [], []
+    for index, name in enumerate(dataset.classes):
+        members = sorted(s for s in dataset.samples if s[1] == index)
+        if len(members) < 2:
+            raise FtonnxError(f"class {name!r} has {len(members)} image(s); --val-split needs at least 2 per class")
+        order = np.random.default_rng([seed, index]).permutation(len(members))
+        n_val = min(max(1, round(len(members) * fraction)), len(members) - 1)
+        val += [members[i] for i in sorted(order[:n_val])]
+        train += [members[i] for i in sorted(order[n_val:])]
+    return (Dataset(train, dataset.classes, dataset.skipped), Dataset(val, dataset.classes, []))
+
+
+class Loader:
+    """Batches (x float32, y int64) of a Dataset, decoded ahead of the consumer by a thread pool.
+
+    Order, shuffling and augmentation depend only on (seed, epoch), never on thread scheduling.
+    An image that fails to decode is left out of its batch and reported once.
+    """
+
+    def __init__(self, dataset: Dataset, preprocess: Preprocess, *, batch_size: int, shuffle: bool = False,
+                 augment: bool = False, seed: int = 0, workers: int | None = None, drop_last: bool = False,
+                 prefetch: int = 2, draft: bool = True) -> None:
+        if batch_size < 1:
+            raise FtonnxError(f"batch size must be at least 1, not {batch_size}")
+        self.dataset, self.preprocess = dataset, preprocess
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.drop_last, self.prefetch, self.draft = drop_last, max(1, prefetch), draft
+        self.failed: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        n = len(self.dataset.samples)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        n = len(self.dataset.samples)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def _decode_into(self, out: np.ndarray, slot: int, index: int, epoch: int) -> str | None:
+        """Decode sample `index` into out[slot]; the reason when it cannot be decoded."""
+        path = self.dataset.samples[index][0]
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
+        try:
+            out[slot] = load_image(path, self.preprocess, augment=self.augment, rng=rng, draft=self.draft)
+        except DECODE_ERRORS as exc:
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None
+
+    def _submit(self, pool: ThreadPoolExecutor, indices: np.ndarray, epoch: int):
+        """Start decoding one batch; returns its buffer, labels, sample indices and futures."""
+        h, w = self.preprocess.size
+        shape = (len(indices), 3, h, w) if self.preprocess.layout == "NCHW" else (len(indices), h, w, 3)
+        x = np.empty(shape, np.float32)
+        y = np.array([self.dataset.samples[i][1] for i in indices], np.int64)
+        futures = [pool.submit(self._decode_into, x, slot, int(i), epoch) for slot, i in enumerate(indices)]
+        return x, y, indices, futures
+
+    def _collect(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+                 futures: list[Future]) -> tuple[np.ndarray, np.ndarray]:
+        """Wait for one batch; drop (and report once) the images that failed."""
+        reasons = [f.result() for f in futures]
+        keep = [slot for slot, reason in enumerate(reasons) if reason is None]
+        for slot, reason in enumerate(reasons):
+            path = self.dataset.samples[int(indices[slot])][0]
+            if reason is not None and path not in self.failed:
+                self.failed[path] = reason
+                log.warning("skipping %s: %s", path, reason)
+        return (x, y) if len(keep) == len(y) else (x[keep], y[keep])
+
+    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of epoch `epoch`, in order, with up to `prefetch` more batches decoding ahead."""
+        order = self._order(epoch)
+        batches = (order[s:s + self.batch_size] for s in range(0, len(self) * self.batch_size, self.batch_size))
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="ftonnx-decode") as pool:
+            pending = deque(self._submit(pool, b, epoch) for b in itertools.islice(batches, self.prefetch + 1))
+            try:
+                while pending:
+                    x, y = self._collect(*pending.popleft())
+                    following = next(batches, None)
+                    if following is not None:
+                        pending.append(self._submit(pool, following, epoch))
+                    if len(y):
+                        yield x, y
+            finally:
+                for *_, futures in pending:
+                    for f in futures:
+                        f.cancel()

@@ -1,0 +1,104 @@
+"""Decode one image with Pillow and turn it into the model's input tensor, per `Preprocess`.
+
+Both evaluation (resize the shorter side, center-crop) and augmentation (random resized crop, as
+torchvision draws it) are expressed as a crop box in the original image's pixels plus an output
+size, so one `Image.resize(size, box=...)` does the work, and JPEG draft mode can decode a large
+file at 1/2, 1/4 or 1/8 scale whenever that still leaves the box at least as large as the output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+from ftonnx.errors import FtonnxError
+from ftonnx.metadata import Preprocess
+
+# What Pillow raises on unreadable, truncated or hostile files.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+Box = tuple[float, float, float, float]
+
+
+def center_box(width: int, height: int, preprocess: Preprocess) -> Box:
+    """The region that "resize the shorter side to `resize`, then center-crop `size`" keeps."""
+    th, tw = preprocess.size
+    short = min(width, height)
+    rw = preprocess.resize if width == short else int(preprocess.resize * width / short)
+    rh = preprocess.resize if height == short else int(preprocess.resize * height / short)
+    left, top = round((rw - tw) / 2), round((rh - th) / 2)
+    if left < 0 or top < 0:
+        raise FtonnxError(f"resize {preprocess.resize} leaves a {width}x{height} image smaller than the "
+                          f"{tw}x{th} crop; use a resize of at least {max(th, tw)}")
+    sx, sy = width / rw, height / rh
+    return left * sx, top * sy, (left + tw) * sx, (top + th) * sy
+
+
+def random_box(width: int, height: int, rng: np.random.Generator,
+               scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+    """A random crop covering `scale` of the area with aspect `ratio` (torchvision's RandomResizedCrop)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = False,
+           rng: np.random.Generator | None = None, draft: bool = True) -> Image.Image:
+    """Decode `path` to an RGB image of size `preprocess.size`, center-cropped or randomly augmented."""
+    th, tw = preprocess.size
+    with Image.open(path) as img:
+        width, height = img.size
+        if augment:
+            rng = rng if rng is not None else np.random.default_rng()
+            box = random_box(width, height, rng)
+            flip = bool(rng.random() < 0.5)
+        else:
+            box, flip = center_box(width, height, preprocess), False
+        factor = 1.0
+        if draft and img.format == "JPEG":
+            # The smallest decode that keeps the box at least as large as the output, in both directions.
+            need = (math.ceil(width * tw / (box[2] - box[0])), math.ceil(height * th / (box[3] - box[1])))
+            drafted = img.draft("RGB", need)
+            if drafted is not None:
+                factor = drafted[1][2] / width
+        rgb = img.convert("RGB")
+    box = (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
+    out = rgb.resize((tw, th), Image.Resampling.BILINEAR, box=box)
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
+
+
+def to_array(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
+    """(pixel - mean) / std in 0-255 units, in the model's channel order and layout (no batch dim)."""
+    x = np.asarray(image, dtype=np.float32)
+    if preprocess.channel_order == "BGR":
+        x = x[..., ::-1]
+    x = (x - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
+    if preprocess.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_image(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = False,
+               rng: np.random.Generator | None = None, draft: bool = True) -> np.ndarray:
+    """Decode and preprocess one image: float32 in the model's layout, no batch dimension."""
+    return to_array(decode(path, preprocess, augment=augment, rng=rng, draft=draft), preprocess)
