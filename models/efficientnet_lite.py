@@ -28,8 +28,10 @@ RECIPES = [
         name="efficientnet-lite0",
         description="EfficientNet-Lite0, ImageNet-1k top-1 75.1 %, 4.7 M parameters, input 224x224 RGB",
         build=build_lite0,
-        # TF-Lite preprocessing: (x - 127) / 128 on RGB; resize to 256 then center-crop 224.
-        preprocess=Preprocess(size=(224, 224), resize=256, mean=(127.0,) * 3, std=(128.0,) * 3),
+        # (x - 127) / 128 on RGB; the central square resized to 224 (shorter side to 224, then
+        # crop), as in the reference figures of ../shared (a 256-then-224 crop puts the chelsea
+        # test image in class 282, tiger cat, not 285).
+        preprocess=Preprocess(size=(224, 224), resize=224, mean=(127.0,) * 3, std=(128.0,) * 3),
         labels=imagenet_labels,
     ),
 ]

@@ -1,0 +1,104 @@
+"""Attach a new classifier (`logits`) to a backbone's feature output, initialised as torch.nn.Linear is."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ftonnx import metadata
+from ftonnx.errors import FtonnxError
+from ftonnx.graph.inspect import format_shape, tensor_shapes
+
+OUTPUT = "logits"
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+
+
+def linear_init(fan_in: int, fan_out: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Weight (fan_out, fan_in) and bias as nn.Linear draws them: both U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    (kaiming_uniform with a=sqrt(5) gives exactly that bound for the weight.)
+    """
+    bound = 1.0 / np.sqrt(fan_in)
+    weight = rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(np.float32)
+    bias = rng.uniform(-bound, bound, size=fan_out).astype(np.float32)
+    return weight, bias
+
+
+def _feature(model: onnx.ModelProto) -> tuple[str, int | str | None, int]:
+    """The backbone's single output: its name, batch dimension and flattened width; or what to do instead."""
+    outputs = list(model.graph.output)
+    if len(outputs) != 1:
+        raise FtonnxError(f"the backbone has {len(outputs)} outputs; cut it to one feature tensor first "
+                          f"(ftonnx cut MODEL --node auto -o backbone.onnx)")
+    feature = outputs[0]
+    if feature.name == OUTPUT:
+        raise FtonnxError(f"the model still has its classifier (output {OUTPUT!r}); cut it off first: "
+                          f"ftonnx cut MODEL --node auto -o backbone.onnx")
+    if feature.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise FtonnxError(f"feature output {feature.name!r} is not a float32 tensor")
+    shape = tensor_shapes(model).get(feature.name)
+    if not shape or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise FtonnxError(f"feature output {feature.name!r} has shape {format_shape(shape)}; the head needs "
+                          f"(N, C) or (N, C, 1, 1) with known sizes: cut after the global pooling (--node auto)")
+    return feature.name, shape[0], int(np.prod(shape[1:]))
+
+
+def add_head(model: onnx.ModelProto, num_classes: int, *, hidden: int | None = None, dropout: float = 0.0,
+             seed: int = 0, labels: list[str] | None = None) -> onnx.ModelProto:
+    """A copy of backbone `model` with a classifier on its output: flatten, [dropout,] linear -> `logits`.
+
+    With `hidden`: flatten, linear, ReLU, [dropout,] linear. Parameters are `head.fc.*` (or `head.fc1.*`,
+    `head.fc2.*`); the metadata records labels, head_params, backbone_params and the feature tensor.
+    """
+    if num_classes < 2:
+        raise FtonnxError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if hidden is not None and hidden < 1:
+        raise FtonnxError(f"--hidden must be a positive width, got {hidden}")
+    if not 0.0 <= dropout < 1.0:
+        raise FtonnxError(f"--dropout must be in [0, 1), got {dropout}")
+    labels = list(labels) if labels else [f"class_{i}" for i in range(num_classes)]
+    if len(labels) != num_classes:
+        raise FtonnxError(f"{len(labels)} labels given for {num_classes} classes")
+    feature, batch, fan_in = _feature(model)
+    taken = {o for n in model.graph.node for o in n.output} | {t.name for t in model.graph.initializer}
+    if OUTPUT in taken or any(name.startswith("head.") for name in taken):
+        raise FtonnxError(f"the model already has a tensor {OUTPUT!r} or head.*; cut it back to its backbone first")
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Flatten", [feature], ["head.flat"], name="/head/Flatten", axis=1)]
+    params: list[onnx.TensorProto] = []
+    consts: list[onnx.TensorProto] = []
+
+    def linear(name: str, x: str, width: int, out: int, y: str) -> str:
+        weight, bias = linear_init(width, out, rng)
+        params.extend([numpy_helper.from_array(weight, f"head.{name}.weight"),
+                       numpy_helper.from_array(bias, f"head.{name}.bias")])
+        nodes.append(helper.make_node("Gemm", [x, f"head.{name}.weight", f"head.{name}.bias"], [y],
+                                      name=f"/head/{name}/Gemm", transB=1))
+        return y
+
+    x, width, last = "head.flat", fan_in, "fc"
+    if hidden:
+        linear("fc1", x, fan_in, hidden, "head.fc1")
+        nodes.append(helper.make_node("Relu", ["head.fc1"], ["head.relu"], name="/head/Relu"))
+        x, width, last = "head.relu", hidden, "fc2"
+    if dropout > 0:
+        consts.append(numpy_helper.from_array(np.array(dropout, np.float32), "head.dropout.ratio"))
+        nodes.append(helper.make_node("Dropout", [x, "head.dropout.ratio"], ["head.dropout"], name="/head/Dropout"))
+        x = "head.dropout"
+    linear(last, x, width, num_classes, OUTPUT)
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    result.graph.node.extend(nodes)
+    result.graph.initializer.extend(params + consts)
+    del result.graph.output[:]
+    result.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, num_classes]))
+    metadata.update(result, labels=labels, feature=feature, head_params=[t.name for t in params],
+                    backbone_params=[t.name for t in model.graph.initializer if t.data_type in _FLOATS])
+    try:
+        onnx.checker.check_model(result, full_check=True)
+    except Exception as exc:
+        raise FtonnxError(f"the model with its new head fails onnx's checker: {str(exc).splitlines()[0]}") from None
+    return result

@@ -1,0 +1,45 @@
+"""The zoo's EfficientNet-Lite0: real ImageNet weights, and the metadata later steps rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from PIL import Image
+from skimage import data
+
+from ftonnx import metadata
+from ftonnx.graph import load
+from ftonnx.metadata import Preprocess
+from ftonnx.train.images import load_image
+
+
+def batch(images: list[Path], pre: Preprocess) -> np.ndarray:
+    """Decode and preprocess image files the way training and eval do, into one float32 batch."""
+    return np.stack([load_image(path, pre) for path in images])
+
+
+def test_zoo_metadata_carries_labels_preprocessing_and_dynamic_batch(zoo_model_path: Path) -> None:
+    model = load(zoo_model_path)
+    meta = metadata.read(model)
+    assert len(meta.labels) == 1000
+    assert meta.labels[285] == "Egyptian cat" and meta.labels[967] == "espresso"
+    assert meta.preprocess == Preprocess(size=(224, 224), resize=224, mean=(127.0,) * 3, std=(128.0,) * 3,
+                                         channel_order="RGB", layout="NCHW")
+    assert meta.source == "zoo:efficientnet-lite0"
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert [o.name for o in model.graph.output] == ["logits"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_zoo_weights_are_imagenet_pretrained(zoo_model_path: Path, tmp_path: Path) -> None:
+    model = load(zoo_model_path)
+    pre = metadata.read(model).preprocess
+    images = [tmp_path / "chelsea.png", tmp_path / "coffee.png"]
+    Image.fromarray(data.chelsea()).save(images[0])
+    Image.fromarray(data.coffee()).save(images[1])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": batch(images, pre)})
+    assert logits.argmax(axis=1).tolist() == [285, 967]
