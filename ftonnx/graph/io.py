@@ -25,7 +25,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise FtonnxError(f"{path}: is a folder, not an ONNX file")
     try:
         model = onnx.load(str(path))
-    except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
+    except (DecodeError, onnx.checker.ValidationError, RuntimeError, ValueError, OSError,
+            UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FtonnxError(f"{path}: not a readable ONNX model ({reason})") from None
     except Exception as exc:  # protobuf raises a variety of errors on garbage input

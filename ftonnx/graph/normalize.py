@@ -137,6 +137,15 @@ def lift_opset(model: onnx.ModelProto, minimum: int = TRAINING_MIN_OPSET) -> onn
     return lifted
 
 
+def lift_ir_version(model: onnx.ModelProto) -> int | None:
+    """Raise the IR version to the minimum the imported opsets need (old exporters leave it low); the old one."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if model.ir_version >= needed:
+        return None
+    old, model.ir_version = model.ir_version, needed
+    return old
+
+
 def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Return the tidied model and one line per change made (empty when it was already tidy)."""
     changes: list[str] = []
@@ -153,6 +162,8 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if old < TRAINING_MIN_OPSET:
         model = lift_opset(model)
         changes.append(f"lifted opset {old} to {TRAINING_MIN_OPSET} (ONNX Runtime training's floor)")
+    if (old_ir := lift_ir_version(model)) is not None:
+        changes.append(f"raised IR version {old_ir} to {model.ir_version} (the minimum for its opsets)")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:

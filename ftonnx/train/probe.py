@@ -1,0 +1,99 @@
+"""Run one training step in a child process, so a native crash of ONNX Runtime becomes a clear error.
+
+Some gradient kernels of ORT 1.19.2 crash the process outright (SIGSEGV, SIGFPE) instead of raising,
+e.g. MaxPool's and AveragePool's when the input height and width are dynamic. Python cannot catch
+that in-process; a child process dies instead, and its exit signal is turned into an FtonnxError
+naming the nodes whose gradients are known to crash.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ftonnx.errors import FtonnxError
+
+# gradient op -> why its forward node is the likely culprit of a native crash
+_KNOWN_CRASHERS = {
+    "MaxPoolGrad": "its gradient kernel reads a static output shape and crashes on dynamic height/width; fix the input height and width",
+    "AveragePoolGrad": "its gradient kernel reads a static output shape and crashes on dynamic height/width; fix the input height and width",
+}
+
+
+def _step(artifact_dir: str, batch: dict[str, np.ndarray], labels: np.ndarray, conn) -> None:
+    """Child: one forward/backward pass and one optimizer step; sends back None or an error line."""
+    try:
+        from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+        root = Path(artifact_dir)
+        state = CheckpointState.load_checkpoint(str(root / "checkpoint"))
+        eval_model = root / "eval_model.onnx"
+        module = Module(str(root / "training_model.onnx"), state, str(eval_model) if eval_model.exists() else None)
+        module.train()
+        feeds = [batch[name] if name in batch else labels for name in module.input_names()]
+        module(*feeds)
+        if (root / "optimizer_model.onnx").exists():
+            Optimizer(str(root / "optimizer_model.onnx"), module).step()
+        conn.send(None)
+    except Exception as exc:  # reported to the parent as one line, without ORT's source-location prefix
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        conn.send(re.sub(r"^.*\[ONNXRuntimeError\] : \d+ : \w+ : ", "", lines[-1]))
+
+
+def _receive(conn) -> str | None:
+    """The child's error line, or None when it sent nothing (success, or it died first)."""
+    try:
+        return conn.recv() if conn.poll() else None
+    except EOFError:
+        return None
+    finally:
+        conn.close()
+
+
+def likely_culprits(training_model: str | os.PathLike) -> list[str]:
+    """Forward nodes (name and op) whose gradient ops in the training graph are known to crash natively."""
+    if not Path(training_model).exists():
+        return []
+    graph = onnx.load(str(training_model), load_external_data=False).graph
+    found = []
+    for node in graph.node:
+        if node.op_type in _KNOWN_CRASHERS:
+            forward = node.name.split("_Grad/")[0] or node.input[0]
+            found.append(f"{forward} ({node.op_type.removesuffix('Grad')}: {_KNOWN_CRASHERS[node.op_type]})")
+    return found
+
+
+def check_training_step(artifact_dir: str | os.PathLike, batch: dict[str, np.ndarray], labels: np.ndarray,
+                        *, timeout: float = 600.0) -> None:
+    """Run one training step on `batch` (input name -> array) and `labels` in a child process.
+
+    Returns quietly when it works; raises FtonnxError naming the likely node when the runtime
+    crashes natively, fails, or hangs past `timeout` seconds.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_step, args=(str(artifact_dir), batch, labels, send), daemon=True)
+    child.start()
+    send.close()
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        raise FtonnxError(f"a training step did not finish within {timeout:.0f} s; try a smaller batch or input size")
+    message = _receive(receive)
+    if child.exitcode == 0 and message is None:
+        return
+    culprits = likely_culprits(Path(artifact_dir) / "training_model.onnx")
+    if child.exitcode is not None and child.exitcode < 0:
+        name = signal.Signals(-child.exitcode).name
+        where = ("likely node: " + "; ".join(culprits)) if culprits else \
+            "no node known to crash it; try a fixed input size or freeze more (--freeze until:...)"
+        raise FtonnxError(f"a training step crashed ONNX Runtime natively ({name}); {where}")
+    cause = ("; likely cause: " + "; ".join(culprits)) if culprits else ""
+    raise FtonnxError(f"a training step failed: {message or f'exit code {child.exitcode}'}{cause}")
