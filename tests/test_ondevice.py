@@ -1,0 +1,76 @@
+"""On-device training artifacts, run as a device would with ONNX Runtime's training API: load the
+checkpoint, train the head on a few hymenoptera images, save and reload the checkpoint, export an
+inference model; on EfficientNet-Lite0 with a new 2-class head."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import build_tiny_model
+
+from ftonnx import metadata
+from ftonnx.errors import FtonnxError
+from ftonnx.export.inference import add_probabilities
+from ftonnx.export.ondevice import build_on_device
+from ftonnx.graph import load
+from ftonnx.graph.cut import cut
+from ftonnx.graph.head import add_head
+from ftonnx.train.data import Loader, discover
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+
+def test_device_loop_trains_the_head_and_exports(zoo_model_path: Path, hymenoptera: Path, tmp_path: Path) -> None:
+    from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+    model = add_probabilities(add_head(cut(load(zoo_model_path), "auto"), 2, labels=["ants", "bees"]))
+    head = metadata.read(model).head_params
+    folder = build_on_device(model, tmp_path / "on_device", ort_format=True)
+    for stem in ("training_model", "eval_model", "optimizer_model"):
+        assert (folder / f"{stem}.onnx").is_file() and (folder / f"{stem}.ort").is_file()
+    train, _ = discover(str(hymenoptera))
+    few = dataclasses.replace(train, samples=train.samples[:4] + train.samples[-4:])
+    x, y = next(Loader(few, metadata.read(model).preprocess, batch_size=8).epoch(0))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    start_logits = session.run(["logits"], {"input": x})[0]
+
+    state = CheckpointState.load_checkpoint(str(folder / "checkpoint"))  # the mobile (ORT format) models
+    assert {n for n, p in state.parameters if p.requires_grad} == set(head)
+    module = Module(str(folder / "training_model.ort"), state, str(folder / "eval_model.ort"), device="cpu")
+    optimizer = Optimizer(str(folder / "optimizer_model.ort"), module)
+    optimizer.set_learning_rate(0.01)
+    module.train()
+    losses = []
+    for _ in range(5):
+        loss = module(x, y)[0]
+        optimizer.step()
+        module.lazy_reset_grad()
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(cross_entropy(start_logits, y), abs=1e-4)  # the loss is CE on logits
+    assert losses[-1] < losses[0] - 0.05 and losses == sorted(losses, reverse=True)
+    CheckpointState.save_checkpoint(state, str(tmp_path / "trained"))
+
+    reloaded = Module(str(folder / "training_model.onnx"), CheckpointState.load_checkpoint(str(tmp_path / "trained")),
+                      str(folder / "eval_model.onnx"), device="cpu")
+    reloaded.eval()
+    eval_loss, eval_logits = reloaded(x, y)
+    assert float(eval_loss) < losses[-1]  # the state after the last step, reloaded
+    exported = tmp_path / "personalised.onnx"
+    reloaded.export_model_for_inferencing(str(exported), ["logits"])
+    personalised = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(personalised.run(["logits"], {"input": x})[0], eval_logits, rtol=0, atol=1e-5)
+    assert metadata.read(onnx.load(str(exported))).labels == ["ants", "bees"]
+
+
+def test_on_device_needs_head_parameters(tmp_path: Path) -> None:
+    with pytest.raises(FtonnxError, match="no head parameters"):
+        build_on_device(add_probabilities(build_tiny_model(num_classes=2)), tmp_path / "on_device")
+    assert not (tmp_path / "on_device").exists()
