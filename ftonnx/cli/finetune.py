@@ -22,7 +22,8 @@ from ftonnx.cli.train import report, split_options, train_options
 def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidden: int | None, dropout: float,
             **opts: Any) -> None:
     """Finetune PRETRAINED on --data: cut at --node, new head (classes from the data), train, export
-    RUN/model.onnx."""
+    RUN/model.onnx. When the frozen part is a prefix (e.g. the default --freeze backbone) and nothing
+    augments the images, it runs once per image and the rest trains on its cached activations."""
     from ftonnx.pipeline import finetune
 
     args, config = split_options(opts)

@@ -38,6 +38,15 @@ def train_options(f: Callable) -> Callable:
                           "everything up to node SPEC (the parameters after it train)."),
         click.option("--augment/--no-augment", default=None,
                      help="Random resized crop and flip [default: on when a backbone parameter trains]."),
+        click.option("--no-cache", is_flag=True,
+                     help="Train through the whole graph even when the frozen part is a prefix (by default its "
+                          "activations are computed once per image and the rest trains on them)."),
+        click.option("--cache-mem", metavar="SIZE",
+                     help="Activations kept in memory, e.g. 512M or 2G; the rest spill to RUN/cache "
+                          "[default: 2G or a quarter of the RAM, whichever is less]."),
+        click.option("--cache-views", default=1, type=click.IntRange(min=1),
+                     help="Cache K randomly augmented views of each training image (one drawn per epoch); "
+                          "K > 1 turns augmentation on."),
         click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]),
                      help="cuda needs the CUDA build: pip install 'ftonnx[cuda]'."),
         click.option("--seed", default=0, type=int, help="Seed of data order, augmentation, split and head."),
@@ -53,6 +62,7 @@ def train_options(f: Callable) -> Callable:
 def split_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """(data_args, TrainConfig) from the shared options."""
     from ftonnx.pipeline import data_args
+    from ftonnx.train.cache import parse_size
     from ftonnx.train.loop import TrainConfig
 
     args = data_args(opts["data"], val=opts["val"], val_split=opts["val_split"], list_file=opts["list_file"],
@@ -60,7 +70,9 @@ def split_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     config = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
                          optimizer=opts["optimizer"], weight_decay=opts["weight_decay"], schedule=opts["schedule"],
                          warmup_epochs=opts["warmup_epochs"], freeze=opts["freeze"], augment=opts["augment"],
-                         device=opts["device"], seed=opts["seed"], resume=opts["resume"])
+                         device=opts["device"], seed=opts["seed"], resume=opts["resume"], no_cache=opts["no_cache"],
+                         cache_mem=None if opts["cache_mem"] is None else parse_size(opts["cache_mem"]),
+                         cache_views=opts["cache_views"])
     return args, config
 
 

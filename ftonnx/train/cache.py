@@ -9,6 +9,7 @@ the suffix from memory, or from memory-mapped files when the activations exceed 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -23,6 +24,7 @@ import onnxruntime as ort
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
 from ftonnx.graph.io import load_model
+from ftonnx.graph.split import NotPrefixError, boundary
 from ftonnx.metadata import Preprocess
 from ftonnx.train.data import Dataset, Loader
 
@@ -34,6 +36,37 @@ def default_mem_limit() -> int:
     except (ValueError, OSError, AttributeError):
         return 2 << 30
     return min(2 << 30, ram // 4)
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as "512M", "2G", "1.5GiB" or "100000" (binary units), for --cache-mem."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None or float(match[1]) * _UNITS[match[2].lower()] < 1:
+        raise FtonnxError(f"--cache-mem {text!r}: give a size such as 512M or 2G, or a number of bytes")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def plan(model: onnx.ModelProto, trainable: list[str], *, enabled: bool = True, augment: bool = False,
+         views: int = 1) -> tuple[list[str], str]:
+    """(boundary, why not): the tensors to cache at, or [] and the reason to train through the whole graph.
+
+    The cache needs the frozen parameters to form a prefix and, as it computes each image once,
+    no augmentation unless `views` > 1 augmented views per image are cached.
+    """
+    if not enabled:
+        return [], "--no-cache given"
+    try:
+        cut = boundary(model, trainable)
+    except NotPrefixError as exc:
+        if views > 1:
+            raise FtonnxError(f"--cache-views needs a frozen prefix, but the freeze is {exc}") from None
+        return [], str(exc)
+    if augment and views == 1:
+        return [], "augmentation is on (--no-augment, or --cache-views K to cache K augmented views per image)"
+    return cut, ""
 
 
 @dataclass

@@ -55,6 +55,9 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     resume: bool = False
+    no_cache: bool = False  # train through the whole graph even when the frozen part is a prefix
+    cache_mem: int | None = None  # bytes of activations kept in memory; None: cache.default_mem_limit()
+    cache_views: int = 1  # augmented views cached per training image (> 1 implies augmentation)
 
     def validate(self) -> None:
         """Raise FtonnxError on an option out of range, before any work."""
@@ -76,6 +79,14 @@ class TrainConfig:
             raise FtonnxError(f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), not {self.warmup_epochs}")
         if self.device not in DEVICES:
             raise FtonnxError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.cache_mem is not None and self.cache_mem < 1:
+            raise FtonnxError(f"--cache-mem must be at least 1 byte, not {self.cache_mem}")
+        if self.cache_views < 1:
+            raise FtonnxError(f"--cache-views must be at least 1, not {self.cache_views}")
+        if self.cache_views > 1 and self.no_cache:
+            raise FtonnxError("--cache-views caches augmented views, which --no-cache turns off; drop one of them")
+        if self.cache_views > 1 and self.augment is False:
+            raise FtonnxError("--cache-views caches augmented views, which --no-augment turns off; drop one of them")
 
     @property
     def warmup(self) -> int:
@@ -214,12 +225,15 @@ def check_run_dir(run_dir: str | os.PathLike, config: TrainConfig) -> dict[str, 
 
 def train(model: onnx.ModelProto, batches_factory: BatchFactory, val_factory: ValFactory | None,
           run_dir: str | os.PathLike, config: TrainConfig, *, steps_per_epoch: int | None = None,
-          run_info: dict[str, Any] | None = None) -> TrainResult:
+          run_info: dict[str, Any] | None = None, trainable: list[str] | None = None,
+          export_graph: onnx.ModelProto | None = None) -> TrainResult:
     """Train `model` (output `logits`) on `batches_factory(epoch)`, validate on `val_factory()` each epoch,
     keep best and last checkpoints and metrics in `run_dir`, and export RUN/model.onnx with the best weights.
 
     `steps_per_epoch` is needed when the factory's iterables have no len(); `run_info` (e.g. "data_args")
-    goes into RUN/config.json beside the options, written when a fresh run starts.
+    goes into RUN/config.json beside the options, written when a fresh run starts. `trainable` defaults
+    to `config.freeze` applied to `model`; `export_graph` (default `model`) is the graph RUN/model.onnx
+    is made of, e.g. the whole network when `model` is the suffix trained on cached activations.
     """
     config.validate()
     check_device(config.device)
@@ -227,7 +241,7 @@ def train(model: onnx.ModelProto, batches_factory: BatchFactory, val_factory: Va
     created = not run_dir.exists()
     try:
         last = check_run_dir(run_dir, config)
-        trainable = trainable_parameters(model, config.freeze)
+        trainable = trainable if trainable is not None else trainable_parameters(model, config.freeze)
         config = _resolved(config, model, trainable)
         steps = _steps(batches_factory, steps_per_epoch)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +271,7 @@ def train(model: onnx.ModelProto, batches_factory: BatchFactory, val_factory: Va
         checkpoint.save(session.state, run_dir, epoch=epoch + 1, step=record["step"], best=best,
                         is_best=record["best"])
         log(_summary(record, config.epochs))
-    model_path = _export(model, run_dir, trainable, best)
+    model_path = _export(model if export_graph is None else export_graph, run_dir, trainable, best)
     return TrainResult(run_dir, model_path, best, checkpoint.read_metrics(run_dir), trainable)
 
 

@@ -1,0 +1,257 @@
+"""End-to-end finetune time with the activation cache, without it, in PyTorch eager, and the floor.
+
+On hymenoptera with EfficientNet-Lite0 (the zoo's ONNX export, cut at the recommended pooling, a
+2-class head initialised by ftonnx with seed 0), each row runs in a fresh process, timed from
+process start to the saved model, decoding included:
+
+- cache: `ftonnx finetune` with `--freeze backbone` (the frozen backbone runs once per image);
+- nocache: the same with `--no-cache` (the whole graph every epoch);
+- pytorch: the zoo's PyTorch network with the same weights and head initialisation, parameters
+  frozen, `_fc` replaced by nn.Linear(1280, 2), the forward recomputed every epoch, AdamW with
+  ftonnx's learning rate, weight decay, warmup and cosine schedule per step, images decoded every
+  epoch by ftonnx's decoder (same preprocessing, batches and order), validation every epoch and the
+  best epoch's weights saved, torch.set_num_threads equal to ONNX Runtime's thread count;
+- floor: process start, decoding every image once and one InferenceSession forward of the frozen
+  backbone per image, which no frozen-backbone finetune can beat;
+- late-cache / late-nocache: `--freeze until:SPEC --no-augment` (the last block, the head
+  convolution and the head train) with and without the cache.
+
+Both frameworks use every core (ONNX Runtime's intra-op threads are os.cpu_count() in ftonnx), the
+same batch size and epochs. It prints a markdown table and the ratios issue 4 asks about.
+
+    python tools/bench_cache.py                                  # every row, 30 and 5 epochs
+    python tools/bench_cache.py --epochs 1 --limit 40            # a smoke run on 40 + 40 images
+    python tools/bench_cache.py --rows cache pytorch floor --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+MODEL = "efficientnet-lite0"
+LATE = "/_blocks.14/Add"  # the output of the second-to-last block: block 15, _conv_head and the head train
+ROWS = ("cache", "nocache", "pytorch", "floor", "late-cache", "late-nocache")
+THREADS = os.cpu_count() or 1
+
+
+def limited_lists(root: Path, limit: int, folder: Path) -> dict[str, str]:
+    """List files of the first `limit` images of each split (balanced over the classes) under `root`."""
+    files = {}
+    for split in ("train", "val"):
+        classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+        per_class = math.ceil(limit / len(classes))
+        lines = [f"{split}/{c}/{f.name} {c}" for c in classes
+                 for f in sorted((root / split / c).iterdir())[:per_class]][:limit]
+        files[split] = str(folder / f"{split}.txt")
+        Path(files[split]).write_text("\n".join(lines) + "\n")
+    return {"data": str(root), "list_file": files["train"], "val_list": files["val"]}
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    """Wall seconds of `command` in a fresh process, and its stdout; exits on failure."""
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
+def ftonnx_row(pretrained: Path, data: dict[str, str], out: Path, epochs: int, batch_size: int,
+               extra: list[str]) -> tuple[float, float, str]:
+    """(wall s, best val top-1, path taken) of `ftonnx finetune` with `extra` options."""
+    cli = shutil.which("ftonnx", path=str(Path(sys.executable).parent)) or "ftonnx"
+    lists = ["--list", data["list_file"], "--val-list", data["val_list"]] if "list_file" in data else []
+    wall, stdout = timed([cli, "finetune", str(pretrained), "--node", "auto", "--data", data["data"], *lists,
+                          "--out", str(out), "--epochs", str(epochs), "--batch-size", str(batch_size), *extra])
+    top1 = float(re.search(r"val top-1 ([0-9.]+)", stdout)[1])
+    cache = json.loads((out / "config.json").read_text())["cache"]
+    path = f"cached at {', '.join(cache['boundary'])}" if cache else "whole graph"
+    if not (out / "model.onnx").is_file():
+        sys.exit(f"{out}: no model.onnx")
+    return wall, top1, path
+
+
+def child_row(kind: str, spec: dict) -> tuple[float, float | None, str]:
+    """(wall s, val top-1, what) of this script's `--child kind` in a fresh process."""
+    wall, stdout = timed([sys.executable, __file__, "--child", kind, "--spec", json.dumps(spec)])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return wall, result.get("val_top1"), result["what"]
+
+
+def torch_child(spec: dict) -> dict:
+    """The PyTorch eager reference: frozen backbone, new _fc, the forward every epoch, best epoch saved."""
+    import torch
+    import torch.nn.functional as F
+
+    from ftonnx import zoo
+    from ftonnx.train.data import Loader, discover
+    from ftonnx.train.schedule import default_lr, default_warmup_epochs, learning_rate
+
+    torch.set_num_threads(spec["threads"])
+    train, val = discover(**spec["data_args"])
+    recipe = zoo.get(MODEL)
+    net = recipe.build()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    head = np.load(spec["head"])
+    net._fc = torch.nn.Linear(net._fc.in_features, len(train.classes))
+    with torch.no_grad():
+        net._fc.weight.copy_(torch.from_numpy(head["weight"]))
+        net._fc.bias.copy_(torch.from_numpy(head["bias"]))
+    net.eval()  # batch norm with its running statistics, as ftonnx trains a frozen backbone
+    lr, epochs, bs = default_lr(False, "adamw"), spec["epochs"], spec["batch_size"]
+    optimizer = torch.optim.AdamW(net._fc.parameters(), lr=lr, weight_decay=1e-4)
+    loader = Loader(train, recipe.preprocess, batch_size=bs, shuffle=True, seed=0)
+    val_loader = Loader(val, recipe.preprocess, batch_size=bs)
+    steps = len(loader)
+    best, best_state = None, None
+    for epoch in range(epochs):
+        for i, (x, y) in enumerate(loader.epoch(epoch)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(epoch * steps + i, base_lr=lr, total_steps=steps * epochs,
+                                            warmup_steps=default_warmup_epochs(epochs) * steps)
+            loss = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        loss_sum, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in val_loader.epoch(0):
+                logits, target = net(torch.from_numpy(x)), torch.from_numpy(y)
+                loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+                correct += int((logits.argmax(1) == target).sum())
+                count += len(y)
+        score = (correct / count, -loss_sum / count)
+        if best is None or score > best:
+            best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+    torch.save(best_state, spec["out"])
+    return {"val_top1": best[0], "what": f"{steps} steps/epoch, {torch.get_num_threads()} threads"}
+
+
+def floor_child(spec: dict) -> dict:
+    """Decode every image once and run the frozen backbone on it once, as fast as ONNX Runtime can."""
+    import onnxruntime as ort
+
+    from ftonnx.train.data import Loader, discover
+    from ftonnx.zoo import get
+
+    train, val = discover(**spec["data_args"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec["threads"]
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(spec["prefix"], options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    count = 0
+    for dataset in (train, val):
+        for x, _ in Loader(dataset, get(MODEL).preprocess, batch_size=64).epoch(0):
+            session.run(None, {name: x})
+            count += len(x)
+    return {"what": f"{count} images decoded and forwarded once"}
+
+
+def prepare(folder: Path, data: dict[str, str]) -> dict[str, str]:
+    """The pretrained ONNX model, the head initialisation ftonnx gives it, and the frozen backbone alone."""
+    from onnx import numpy_helper
+
+    from ftonnx import zoo
+    from ftonnx.graph import load
+    from ftonnx.graph.cut import cut
+    from ftonnx.graph.head import add_head
+    from ftonnx.graph.io import save_model
+    from ftonnx.graph.split import boundary, split
+    from ftonnx.metadata import read
+    from ftonnx.train.data import discover
+
+    pretrained = folder / "lite0.onnx"
+    zoo.export_model(MODEL, pretrained)
+    classes = discover(**data)[0].classes
+    model = add_head(cut(load(pretrained), "auto"), len(classes), seed=0, labels=classes)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.savez(folder / "head.npz", weight=inits["head.fc.weight"], bias=inits["head.fc.bias"])
+    prefix, _ = split(model, boundary(model, read(model).head_params))
+    save_model(prefix, folder / "prefix.onnx")
+    return {"pretrained": str(pretrained), "head": str(folder / "head.npz"), "prefix": str(folder / "prefix.onnx")}
+
+
+def report(results: dict[tuple[str, int], tuple[float, float | None, str]], epochs: list[int]) -> None:
+    """The markdown table and the ratios issue 4 sets targets for."""
+    print("| row | epochs | wall s (process start to saved model) | val top-1 | what |")
+    print("|---|---|---|---|---|")
+    for (row, e), (wall, top1, what) in results.items():
+        print(f"| {row} | {e if row != 'floor' else '-'} | {wall:.1f} | "
+              f"{'-' if top1 is None else f'{top1:.4f}'} | {what} |")
+    print()
+    floor = results.get(("floor", 0))
+    for e in epochs:
+        for slow, fast, target in (("pytorch", "cache", "issue: >= 20 at 30 epochs, >= 8 at 5"),
+                                   ("nocache", "cache", "the cache's own gain"),
+                                   ("cache", "floor", "issue: <= 1.5"),
+                                   ("late-nocache", "late-cache", "issue: >= 3, top-1 within 1 point")):
+            a, b = results.get((slow, e)), floor if fast == "floor" else results.get((fast, e))
+            if a and b:
+                points = f", top-1 {100 * (a[1] - b[1]):+.1f} points" if a[1] is not None and b[1] is not None else ""
+                print(f"- {e} epochs: {slow} / {fast} = {a[0] / b[0]:.2f}{points} ({target})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[30, 5], help="epoch counts to run each row at")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which rows run")
+    parser.add_argument("--data", type=Path, default=HYMENOPTERA, help="ImageFolder with train/ and val/")
+    parser.add_argument("--limit", type=int, help="use only the first N images of each split (a smoke run)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--late", default=LATE, help="SPEC of --freeze until: for the late rows")
+    parser.add_argument("--child", choices=["torch", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps((torch_child if args.child == "torch" else floor_child)(json.loads(args.spec))))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+        folder = Path(tmp)
+        data = limited_lists(args.data, args.limit, folder) if args.limit else {"data": str(args.data)}
+        files = prepare(folder, data)
+        pretrained = Path(files["pretrained"])
+        print(f"{MODEL}, {args.data}{f' (first {args.limit} images per split)' if args.limit else ''}, "
+              f"batch {args.batch_size}, {THREADS} threads, AdamW with ftonnx's default lr and schedule\n", flush=True)
+        results: dict[tuple[str, int], tuple[float, float | None, str]] = {}
+        if "floor" in args.rows:
+            results[("floor", 0)] = child_row("floor", {"data_args": data, "prefix": files["prefix"],
+                                                        "threads": THREADS})
+        ftonnx_rows = {"cache": [], "nocache": ["--no-cache"],
+                       "late-cache": ["--freeze", f"until:{args.late}", "--no-augment"],
+                       "late-nocache": ["--freeze", f"until:{args.late}", "--no-augment", "--no-cache"]}
+        for e in args.epochs:
+            for row in args.rows:
+                out = folder / f"{row}-{e}"
+                if row in ftonnx_rows:
+                    results[(row, e)] = ftonnx_row(pretrained, data, out, e, args.batch_size, ftonnx_rows[row])
+                elif row == "pytorch":
+                    results[(row, e)] = child_row("torch", {"data_args": data, "head": files["head"], "epochs": e,
+                                                            "batch_size": args.batch_size, "threads": THREADS,
+                                                            "out": str(out) + ".pt"})
+                else:
+                    continue
+                print(f"{row}, {e} epochs: {results[(row, e)][0]:.1f} s", file=sys.stderr, flush=True)
+        report(results, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
