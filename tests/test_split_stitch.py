@@ -162,3 +162,22 @@ def test_stitch_refuses_halves_that_do_not_meet(tiny_model):
     _, suffix = split(tiny_model, ["flat"])
     with pytest.raises(FtonnxError, match="the suffix reads 'flat', which the prefix does not output"):
         stitch(prefix, suffix)
+
+
+def test_stitched_model_imports_each_opset_once_and_quantises(tiny_model, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    prefix, suffix = split(tiny_model, boundary(tiny_model, ["fc.weight", "fc.bias"]))
+    model = stitch(prefix, suffix)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    onnx.save(model, str(tmp_path / "stitched.onnx"))
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": np.random.default_rng(0).random((2, 3, 32, 32), np.float32)}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(tmp_path / "stitched.onnx"), str(tmp_path / "int8.onnx"), Images())
+    assert (tmp_path / "int8.onnx").stat().st_size > 0

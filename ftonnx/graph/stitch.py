@@ -47,8 +47,20 @@ def stitch(prefix: onnx.ModelProto, suffix: onnx.ModelProto) -> onnx.ModelProto:
                                      producer_version=suffix.producer_version or prefix.producer_version)
     except (ValueError, onnx.checker.ValidationError) as exc:
         raise FtonnxError(f"cannot stitch prefix and suffix: {str(exc).splitlines()[0]}") from None
+    _dedupe_opsets(model)
     model.doc_string = suffix.doc_string or prefix.doc_string
     metadata.copy(suffix, model)
     meta = metadata.read(model)
     meta.extra.pop("boundary", None)
     return metadata.write(model, meta)
+
+
+def _dedupe_opsets(model: onnx.ModelProto) -> None:
+    """One opset import per domain: merge_models lists the shared default domain twice, which the
+    checker accepts but ONNX Runtime's quantiser refuses."""
+    versions: dict[str, int] = {}
+    for op in model.opset_import:
+        domain = "" if op.domain == "ai.onnx" else op.domain
+        versions[domain] = max(versions.get(domain, 0), op.version)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
