@@ -18,14 +18,27 @@ from ftonnx.cli.train import report, split_options, train_options
 @click.option("--hidden", type=click.IntRange(min=1), help="Add a hidden layer this wide to the head.")
 @click.option("--dropout", default=0.0, type=click.FloatRange(0, 1, max_open=True),
               help="Dropout ratio before the head's last linear layer.")
+@click.option("--export", "export_variants", default="", metavar="int8,fp16,ort,on-device",
+              help="After training, also export these variants to RUN/export (see `ftonnx export`).")
 @train_options
 def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidden: int | None, dropout: float,
-            **opts: Any) -> None:
+            export_variants: str, **opts: Any) -> None:
     """Finetune PRETRAINED on --data: cut at --node, new head (classes from the data), train, export
     RUN/model.onnx. When the frozen part is a prefix (e.g. the default --freeze backbone) and nothing
     augments the images, it runs once per image and the rest trains on its cached activations."""
+    from pathlib import Path
+
+    from ftonnx.export.edge import export_run, parse_variants
+    from ftonnx.export.report import format_table
     from ftonnx.pipeline import finetune
 
+    variants = parse_variants(export_variants)
     args, config = split_options(opts)
-    report(finetune(pretrained, node_spec, args, opts["run_dir"], config, hidden=hidden, dropout=dropout,
-                    last=last, index=index))
+    result = finetune(pretrained, node_spec, args, opts["run_dir"], config, hidden=hidden, dropout=dropout,
+                      last=last, index=index)
+    report(result)
+    if export_variants:
+        out = Path(opts["run_dir"]) / "export"
+        click.echo(format_table(export_run(result.run_dir, out, **variants,
+                                           progress=lambda message: click.echo(message, err=True))))
+        click.echo(f"exported: {out}")

@@ -32,6 +32,16 @@ FILES = {"float": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.o
 ON_DEVICE = "on_device"
 REPORT = "report.json"
 CALIBRATION_BATCH = 16
+VARIANTS = ("int8", "fp16", "ort", "on-device")
+
+
+def parse_variants(text: str) -> dict[str, bool]:
+    """`export_run`'s variant flags from a comma list such as "int8,ort" (`finetune --export`)."""
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        raise FtonnxError(f"unknown export variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    return {v.replace("-", "_"): v in chosen for v in VARIANTS}
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any]]:
