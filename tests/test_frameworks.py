@@ -97,3 +97,26 @@ def test_constant_weights_train_and_export_keeps_dynamic_size(runs):
         probabilities = session.run(["probabilities"], {session.get_inputs()[0].name: x})[0]
         assert probabilities.shape == (2, 2)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_step_that_crashes_the_runtime_is_a_clear_error_before_training(squares: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the pooling rewrite switched off, the dynamic-size MaxPool's gradient segfaults ORT: the run
+    must stop with exit 2 and a line naming the node, not die, and leave no run folder behind."""
+    import ftonnx.train.artifacts
+    from ftonnx import metadata
+    from ftonnx.graph.head import add_head
+    from ftonnx.metadata import Preprocess
+
+    backbone = cut(exporters.dynamic_maxpool(), "gap")
+    metadata.update(backbone, preprocess=Preprocess(size=(32, 32), resize=32))
+    path = tmp_path / "pool.onnx"
+    onnx.save(add_head(backbone, 2, labels=["blue", "red"]), str(path))
+    monkeypatch.setattr(ftonnx.train.artifacts, "make_trainable", lambda m: (m, []))
+    result = CliRunner().invoke(main, ["train", str(path), "--data", str(squares), "--out", str(tmp_path / "run"),
+                                       "--freeze", "none", "--epochs", "1"])
+    assert result.exit_code == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("ftonnx: error: a training step crashed ONNX Runtime natively (SIG")
+    assert "likely node: pool (MaxPool" in error
+    assert not (tmp_path / "run").exists()

@@ -28,6 +28,7 @@ from ftonnx.train import checkpoint
 from ftonnx.train.artifacts import OPTIMIZERS, build_artifacts, read_manifest
 from ftonnx.train.freeze import trainable_parameters
 from ftonnx.train.prepare import draw_mask
+from ftonnx.train.probe import check_training_step, needs_probe
 from ftonnx.train.progress import Progress, log
 from ftonnx.train.schedule import SCHEDULES, default_lr, default_warmup_epochs, learning_rate
 
@@ -249,6 +250,11 @@ def train(model: onnx.ModelProto, batches_factory: BatchFactory, val_factory: Va
         manifest = read_manifest(art)
         if last is None or manifest is None:
             build_artifacts(model, trainable, art, optimizer=config.optimizer, weight_decay=config.weight_decay)
+            if needs_probe(art / "training_model.onnx"):
+                inputs, labels = next(iter(batches_factory(0)))
+                masks = {m["input"]: draw_mask(m, len(labels), np.random.default_rng(0))
+                         for m in read_manifest(art)["dropout"]}
+                check_training_step(art, {**inputs, **masks}, labels)
         elif manifest["trainable"] != trainable or manifest["optimizer"] != config.optimizer:
             raise FtonnxError(f"{run_dir} was trained with other --freeze/--optimizer options; resume with the same")
         session = _Session(art, checkpoint.checkpoint_path(run_dir, last) if last else art / "checkpoint",

@@ -25,6 +25,17 @@ _KNOWN_CRASHERS = {
     "AveragePoolGrad": "its gradient kernel reads a static output shape and crashes on dynamic height/width; fix the input height and width",
 }
 
+# Gradient ops that ftonnx's own tests train through in-process on ORT 1.19.2 (Gemm, Clip, Mul and
+# the like backpropagate through plain ops, not *Grad ones). A training graph with any other gets
+# its first step probed in a child process.
+_VETTED_GRADS = {"ConvGrad", "ReluGrad", "SliceGrad", "SoftmaxCrossEntropyLossGrad"}
+
+
+def needs_probe(training_model: str | os.PathLike) -> bool:
+    """Whether the training graph has gradient ops not known to run safely in-process."""
+    graph = onnx.load(str(training_model), load_external_data=False).graph
+    return any(n.op_type.endswith("Grad") and n.op_type not in _VETTED_GRADS for n in graph.node)
+
 
 def _step(artifact_dir: str, batch: dict[str, np.ndarray], labels: np.ndarray, conn) -> None:
     """Child: one forward/backward pass and one optimizer step; sends back None or an error line."""
