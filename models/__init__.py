@@ -70,9 +70,30 @@ def export_model(name: str, path: str | os.PathLike | None = None, opset: int = 
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=opset, dynamo=False)
     model, _ = normalize(onnx.load_from_string(buf.getvalue()))
+    _name_parameters(model)
     model.doc_string = f"{recipe.name}: {recipe.description}"
     metadata.write(model, metadata.Meta(labels=recipe.labels(), preprocess=recipe.preprocess,
                                         source=f"zoo:{recipe.name}"))
     if path is not None:
         save_model(model, path)
     return model
+
+
+def _name_parameters(model: onnx.ModelProto) -> None:
+    """Name the weights torch's exporter calls `onnx::Conv_911` (BatchNorm folded into the Conv) after
+    the module that owns them, e.g. `_blocks.15._expand_conv.weight`, as in the PyTorch state dict."""
+    graph = model.graph
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        module = node.name.strip("/").rpartition("/")[0].replace("/", ".")
+        for name, role in zip(node.input[1:3], ("weight", "bias")):
+            if name.startswith("onnx::") and consumers[name] == 1 and module:
+                rename[name] = f"{module}.{role}"
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+    for tensor in graph.initializer:
+        tensor.name = rename.get(tensor.name, tensor.name)

@@ -8,12 +8,26 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from ftonnx import metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera"
+COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+
+
+def write_colours(root: Path, train: int, val: int) -> Path:
+    """train/ and val/ with 3 classes of noisy, mostly one-colour 40x40 images (`train` + `val` of each)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for name, rgb in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(rgb, 90, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
 
 
 def build_tiny_model(num_classes: int = 10, size: int = 32, seed: int = 0) -> onnx.ModelProto:

@@ -11,9 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from conftest import build_tiny_model
+from conftest import COLOURS, build_tiny_model, write_colours
 from ftonnx import metadata, pipeline
 from ftonnx.cli import main
 from ftonnx.export.inference import with_weights
@@ -27,23 +26,13 @@ from ftonnx.train.evaluate import evaluate
 from ftonnx.train.loop import best_weights
 from test_split_stitch import skip_model
 
-COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
 NODE = "/pool/GlobalAveragePool"
 HEAD = ["head.fc.weight", "head.fc.bias"]
 
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train/ and val/ with 3 classes of noisy, mostly one-colour 40x40 images (12 + 6 of each)."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for split_name, count in (("train", 12), ("val", 6)):
-        for name, rgb in COLOURS.items():
-            (root / split_name / name).mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(rgb, 90, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split_name / name / f"{i}.png")
-    return root
+    return write_colours(tmp_path_factory.mktemp("colours"), train=12, val=6)
 
 
 @pytest.fixture(scope="module")

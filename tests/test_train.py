@@ -11,29 +11,18 @@ import onnx
 import onnxruntime
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from conftest import build_tiny_model
+from conftest import COLOURS, build_tiny_model, write_colours
 from ftonnx.cli import main
 from ftonnx.train.data import discover
 from ftonnx.train.evaluate import evaluate
 from ftonnx.train.schedule import default_warmup_epochs, learning_rate
 
-COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
 
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train/ and val/ with 3 classes of noisy, mostly one-colour 40x40 images (18 + 9 of each)."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 18), ("val", 9)):
-        for name, rgb in COLOURS.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(rgb, 90, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
+    return write_colours(tmp_path_factory.mktemp("colours"), train=18, val=9)
 
 
 @pytest.fixture(scope="module")

@@ -43,3 +43,13 @@ def test_zoo_weights_are_imagenet_pretrained(zoo_model_path: Path, tmp_path: Pat
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": batch(images, pre)})
     assert logits.argmax(axis=1).tolist() == [285, 967]
+
+
+def test_zoo_parameters_are_named_after_their_modules(zoo_model_path: Path) -> None:
+    model = load(zoo_model_path)
+    inits = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            module = node.name.strip("/").rpartition("/")[0].replace("/", ".")
+            assert node.input[1] == f"{module}.weight" and node.input[1] in inits, node.name
+    assert {"_blocks.15._expand_conv.weight", "_conv_head.bias", "_fc.weight"} <= inits
