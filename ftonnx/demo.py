@@ -32,7 +32,7 @@ def write_digits(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) -> P
     return folder
 
 
-def run_demo(out: Path, *, epochs: int = 5, seed: int = 0) -> dict:
+def run_demo(out: Path, *, epochs: int = 30, seed: int = 0) -> dict:
     """Zoo EfficientNet-Lite0 -> cut at its pooling -> new head -> train -> export -> eval, on the digits.
 
     Returns the evaluation of the exported model on the held-out digits, with `model` (its path).

@@ -10,7 +10,8 @@ import click
 @click.command("demo")
 @click.option("--out", default="demo-run", type=click.Path(file_okay=False),
               help="Folder for the digits, the zoo model and the run.")
-@click.option("--epochs", default=5, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--epochs", default=30, type=click.IntRange(min=1),
+              help="Training epochs (cheap: the head trains on cached activations).")
 @click.option("--seed", default=0, type=int, help="Seed of the split, the head and the data order.")
 def command(out: str, epochs: int, seed: int) -> None:
     """Finetune the zoo's EfficientNet-Lite0 on scikit-learn's handwritten digits: export, cut, head,
