@@ -193,9 +193,11 @@ def _in_memory(cache: ActivationCache) -> int:
 
 
 def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os.PathLike,
-          config: TrainConfig) -> TrainResult:
+          config: TrainConfig | None = None) -> TrainResult:
     """`ftonnx train`: train MODEL (which has a `logits` head and labels) on the data `args` describe."""
     from ftonnx.graph import load
+
+    config = config or TrainConfig()
 
     stored = _stored(run_dir, config)
     if stored is not None:
@@ -207,12 +209,14 @@ def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os
 
 
 def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str, Any], run_dir: str | os.PathLike,
-             config: TrainConfig, *, hidden: int | None = None, dropout: float = 0.0, last: bool = False,
-             index: int | None = None) -> TrainResult:
+             config: TrainConfig | None = None, *, hidden: int | None = None, dropout: float = 0.0,
+             last: bool = False, index: int | None = None) -> TrainResult:
     """Cut `pretrained` at `node_spec`, add a head for the data's classes, train and export (RUN/model.onnx)."""
     from ftonnx.graph import load
     from ftonnx.graph.cut import cut
     from ftonnx.graph.head import add_head
+
+    config = config or TrainConfig()
 
     stored = _stored(run_dir, config)
     if stored is not None:
