@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
-from ftonnx.graph.io import save_model
+from ftonnx.graph.io import check_model, save_model
 
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
@@ -60,8 +60,5 @@ def export_inference(model: onnx.ModelProto, weights: dict[str, np.ndarray], pat
     result = add_probabilities(with_weights(model, weights))
     if meta:
         metadata.update(result, **meta)
-    try:
-        onnx.checker.check_model(result, full_check=True)
-    except Exception as exc:
-        raise FtonnxError(f"the exported model fails onnx's checker: {str(exc).splitlines()[0]}") from None
+    check_model(result, "the exported model")
     return save_model(result, path)

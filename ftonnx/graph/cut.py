@@ -7,6 +7,7 @@ import onnx.utils
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.io import check_model
 from ftonnx.graph.select import resolve
 
 
@@ -45,8 +46,5 @@ def cut(model: onnx.ModelProto, spec: str, *, last: bool = False, index: int | N
     meta = metadata.read(result)
     metadata.update(result, feature=tensor, head_params=[p for p in meta.head_params if p in kept],
                     backbone_params=[p for p in meta.backbone_params if p in kept])
-    try:
-        onnx.checker.check_model(result, full_check=True)
-    except Exception as exc:
-        raise FtonnxError(f"the cut model fails onnx's checker: {str(exc).splitlines()[0]}") from None
+    check_model(result, "the cut model")
     return result

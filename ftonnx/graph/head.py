@@ -8,6 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.io import check_model
 from ftonnx.graph.inspect import format_shape, tensor_shapes
 
 OUTPUT = "logits"
@@ -97,8 +98,5 @@ def add_head(model: onnx.ModelProto, num_classes: int, *, hidden: int | None = N
     result.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, num_classes]))
     metadata.update(result, labels=labels, feature=feature, head_params=[t.name for t in params],
                     backbone_params=[t.name for t in model.graph.initializer if t.data_type in _FLOATS])
-    try:
-        onnx.checker.check_model(result, full_check=True)
-    except Exception as exc:
-        raise FtonnxError(f"the model with its new head fails onnx's checker: {str(exc).splitlines()[0]}") from None
+    check_model(result, "the model with its new head")
     return result

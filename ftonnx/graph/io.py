@@ -36,6 +36,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def check_model(model: onnx.ModelProto, what: str) -> None:
+    """onnx's full check of `model`; its first complaint becomes an FtonnxError about `what`."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError and others, depending on the check
+        raise FtonnxError(f"{what} fails onnx's checker: {str(exc).splitlines()[0]}") from None
+
+
 def check_output_path(path: str | os.PathLike) -> Path:
     """Fail early, before long work, when `path` cannot be written."""
     path = Path(path)

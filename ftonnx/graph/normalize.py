@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.io import check_model
 
 TRAINING_MIN_OPSET = 12
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -164,8 +165,5 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         changes.append(f"lifted opset {old} to {TRAINING_MIN_OPSET} (ONNX Runtime training's floor)")
     if (old_ir := lift_ir_version(model)) is not None:
         changes.append(f"raised IR version {old_ir} to {model.ir_version} (the minimum for its opsets)")
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise FtonnxError(f"model fails onnx's checker: {str(exc).splitlines()[0]}") from None
+    check_model(model, "the model")
     return model, changes

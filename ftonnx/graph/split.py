@@ -15,6 +15,7 @@ from onnx import shape_inference, utils
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.io import check_model
 
 
 class NotPrefixError(FtonnxError):
@@ -97,11 +98,8 @@ def split(model: onnx.ModelProto, cut: list[str]) -> tuple[onnx.ModelProto, onnx
                                          extra={"boundary": list(cut)}))
     metadata.copy(model, suffix)
     metadata.update(suffix, boundary=list(cut))
-    for part in (prefix, suffix):
-        try:
-            onnx.checker.check_model(part, full_check=True)
-        except Exception as exc:
-            raise FtonnxError(f"splitting at {cut} gives an invalid model: {str(exc).splitlines()[0]}") from None
+    for name, part in (("prefix", prefix), ("suffix", suffix)):
+        check_model(part, f"the {name} split off at {', '.join(cut)}")
     return prefix, suffix
 
 
