@@ -27,6 +27,7 @@ from ftonnx.export.quantize import quantize_int8
 from ftonnx.export.report import measure
 from ftonnx.graph.io import load_model
 from ftonnx.train.data import Dataset, Loader, discover
+from ftonnx.train.evaluate import check_classes
 
 FILES = {"float": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 ON_DEVICE = "on_device"
@@ -133,9 +134,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int8: 
         train, val = discover(**data_args)
     except TypeError as exc:
         raise FtonnxError(f"{run / 'config.json'}: data_args do not fit ftonnx.train.data.discover ({exc})") from None
-    if val is not None and val.classes != meta.labels:
-        raise FtonnxError(f"the data's classes ({', '.join(val.classes[:5])}) are not the model's labels "
-                          f"({', '.join(meta.labels[:5])})")
+    if val is not None:
+        check_classes(meta.labels, val.classes)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.absolute().parent))
     try:
         variants = _variants(run, model, stage, train, int8=int8, fp16=fp16, ort=ort, calib=calib, say=say)

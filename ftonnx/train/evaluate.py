@@ -88,8 +88,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *, pr
     labels = labels or meta.labels
     if not labels:
         raise FtonnxError("the model's metadata has no class labels; pass them explicitly")
-    if list(labels) != list(dataset.classes):
-        raise FtonnxError(_class_mismatch(list(labels), list(dataset.classes)))
+    check_classes(labels, dataset.classes)
     name, dtype = _input(sess)
     out = _output(sess, output)
     loader = Loader(dataset, _preprocess(preprocess, meta), batch_size=batch_size)
@@ -121,6 +120,13 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *, pr
     if n >= 5:
         result["top5"] = top5_hits / count
     return result
+
+
+def check_classes(labels: list[str], classes: list[str]) -> None:
+    """Raise FtonnxError saying how the model's labels and the data set's classes differ, if they do."""
+    labels, classes = list(labels), list(classes)
+    if labels != classes:
+        raise FtonnxError(_class_mismatch(labels, classes))
 
 
 def _class_mismatch(labels: list[str], classes: list[str]) -> str:
