@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, first_line
 
 
 def convert_ort(path: str | os.PathLike) -> Path:
@@ -26,6 +26,6 @@ def convert_ort(path: str | os.PathLike) -> Path:
         try:
             convert_onnx_models_to_ort(path, optimization_styles=[OptimizationStyle.Fixed])
         except Exception as exc:  # the converter raises bare Exceptions as well as ORT's own types
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             raise FtonnxError(f"{path}: ORT format conversion failed ({reason})") from None
     return path.with_suffix(".ort")

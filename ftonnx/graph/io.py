@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, first_line
 
 # Protobuf cannot hold a message over 2 GiB; past this the weights go to an external data file.
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -27,8 +27,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except (DecodeError, onnx.checker.ValidationError, RuntimeError, ValueError, OSError,
             UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FtonnxError(f"{path}: not a readable ONNX model ({reason})") from None
+        raise FtonnxError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     except Exception as exc:  # protobuf raises a variety of errors on garbage input
         raise FtonnxError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     if not model.graph.node or not model.graph.output:

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, first_line
 from ftonnx.metadata import Preprocess
 from ftonnx.train.images import DECODE_ERRORS, load_image
 
@@ -169,7 +169,7 @@ def _probe(path: str) -> str | None:
     except FileNotFoundError:
         return "no such file"
     except DECODE_ERRORS as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return first_line(exc)
     return None
 
 
@@ -243,7 +243,7 @@ class Loader:
         try:
             out[slot] = load_image(path, self.preprocess, augment=self.augment, rng=rng, draft=self.draft)
         except DECODE_ERRORS as exc:
-            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return first_line(exc)
         return None
 
     def _submit(self, pool: ThreadPoolExecutor, indices: np.ndarray, epoch: int):

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from ftonnx import metadata
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, first_line
 from ftonnx.metadata import Preprocess
 from ftonnx.train.data import Dataset, Loader
 from ftonnx.train.images import DECODE_ERRORS, load_image
@@ -40,7 +40,7 @@ def session(model: str | os.PathLike | onnx.ModelProto,
     try:
         sess = ort.InferenceSession(source, providers=providers)
     except Exception as exc:  # onnxruntime's error types derive from Exception only
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise FtonnxError(f"{name}: onnxruntime cannot load it ({reason})") from None
     props = onnx.ModelProto()
     for key, value in sess.get_modelmeta().custom_metadata_map.items():
@@ -176,5 +176,5 @@ def _load(path: str, preprocess: Preprocess) -> np.ndarray:
     try:
         return load_image(path, preprocess)
     except DECODE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise FtonnxError(f"{path}: cannot decode the image ({reason})") from None
