@@ -13,9 +13,9 @@ from pathlib import Path
 
 import ftonnx
 from ftonnx import pipeline, zoo
+from ftonnx.data import discover
 from ftonnx.graph.inspect import recommended_cut
 from ftonnx.graph.io import save_model
-from ftonnx.train.data import discover
 
 
 def main(data: str, out: str) -> None:

@@ -24,9 +24,9 @@ _API = {
     "add_head": "ftonnx.graph.head",
     "data_args": "ftonnx.pipeline",
     "finetune": "ftonnx.pipeline",
-    "TrainConfig": "ftonnx.train.loop",
-    "evaluate": "ftonnx.train.evaluate",
-    "predict": "ftonnx.train.evaluate",
+    "TrainConfig": "ftonnx.train.config",
+    "evaluate": "ftonnx.evaluate",
+    "predict": "ftonnx.evaluate",
     "export_run": "ftonnx.export.edge",
 }
 __all__ = ["FtonnxError", "__version__", *_API]

@@ -38,12 +38,12 @@ def run_demo(out: Path, *, epochs: int = 30, seed: int = 0) -> dict:
     Returns the evaluation of the exported model on the held-out digits, with `model` (its path).
     """
     from ftonnx import zoo
+    from ftonnx.data import discover
+    from ftonnx.evaluate import evaluate
     from ftonnx.graph.inspect import recommended_cut
     from ftonnx.pipeline import data_args, finetune
-    from ftonnx.train.data import discover
-    from ftonnx.train.evaluate import evaluate
-    from ftonnx.train.loop import TrainConfig
-    from ftonnx.train.progress import log
+    from ftonnx.progress import log
+    from ftonnx.train.config import TrainConfig
 
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"

@@ -123,9 +123,15 @@ def update(model: onnx.ModelProto, **changes: Any) -> onnx.ModelProto:
     return write(model, meta)
 
 
+def clear(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove every metadata_props entry (ftonnx's and others'); returns model."""
+    del model.metadata_props[:]
+    return model
+
+
 def copy(src: onnx.ModelProto, dst: onnx.ModelProto) -> onnx.ModelProto:
     """Give `dst` all of `src`'s metadata_props (ftonnx's and others'), e.g. after a runtime export."""
-    del dst.metadata_props[:]
+    clear(dst)
     for prop in src.metadata_props:
         dst.metadata_props.add(key=prop.key, value=prop.value)
     return dst

@@ -15,6 +15,7 @@ import onnx
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.index import GraphIndex
 from ftonnx.graph.io import check_output_path, save_model
 from ftonnx.graph.normalize import normalize
 
@@ -82,18 +83,14 @@ def export_model(name: str, path: str | os.PathLike | None = None, opset: int = 
 def _name_parameters(model: onnx.ModelProto) -> None:
     """Name the weights torch's exporter calls `onnx::Conv_911` (BatchNorm folded into the Conv) after
     the module that owns them, e.g. `_blocks.15._expand_conv.weight`, as in the PyTorch state dict."""
-    graph = model.graph
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
+    index = GraphIndex(model)
     rename: dict[str, str] = {}
-    for node in graph.node:
+    for node in index.nodes:
         module = node.name.strip("/").rpartition("/")[0].replace("/", ".")
         for name, role in zip(node.input[1:3], ("weight", "bias")):
-            if name.startswith("onnx::") and consumers[name] == 1 and module:
+            if name.startswith("onnx::") and len(index.consumers(name)) == 1 and module:
                 rename[name] = f"{module}.{role}"
-    for node in graph.node:
+    for node in index.nodes:
         node.input[:] = [rename.get(name, name) for name in node.input]
-    for tensor in graph.initializer:
+    for tensor in model.graph.initializer:
         tensor.name = rename.get(tensor.name, tensor.name)

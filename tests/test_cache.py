@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from ftonnx import metadata
+from ftonnx.data import Dataset, Loader
 from ftonnx.errors import FtonnxError
 from ftonnx.graph.split import split
 from ftonnx.train.cache import ActivationCache
-from ftonnx.train.data import Dataset, Loader
 
 CUT = ["r1", "flat"]  # two tensors of different shapes, as with a skip connection
 

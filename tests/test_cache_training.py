@@ -12,19 +12,19 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from conftest import COLOURS, build_tiny_model, write_colours
 from ftonnx import metadata, pipeline
 from ftonnx.cli import main
+from ftonnx.data import Loader, discover
+from ftonnx.evaluate import evaluate
 from ftonnx.export.inference import with_weights
 from ftonnx.graph import load
 from ftonnx.graph.cut import cut
 from ftonnx.graph.head import add_head
 from ftonnx.graph.split import split
 from ftonnx.train.cache import ActivationCache, plan
-from ftonnx.train.data import Loader, discover
-from ftonnx.train.evaluate import evaluate
 from ftonnx.train.loop import best_weights
-from test_split_stitch import skip_model
+
+from helpers import COLOURS, build_tiny_model, skip_model, write_colours
 
 NODE = "/pool/GlobalAveragePool"
 HEAD = ["head.fc.weight", "head.fc.bias"]
@@ -211,7 +211,7 @@ def test_the_plan_says_why_it_does_not_cache(tiny_model):
     (("--cache-views", 2, "--no-cache"), "--cache-views caches augmented views, which --no-cache turns off"),
     (("--cache-views", 2, "--no-augment"), "--cache-views caches augmented views, which --no-augment turns off"),
     (("--cache-views", 2, "--freeze", "none"), "--cache-views needs a frozen prefix, but the freeze is not a prefix"),
-    (("--cache-mem", "lots"), "--cache-mem 'lots': give a size such as 512M or 2G"),
+    (("--cache-mem", "lots"), "'--cache-mem': 'lots' is not a size; give one such as 512M or 2G"),
 ])
 def test_bad_cache_options_fail_cleanly(models, colours, tmp_path, extra, message):
     code, _, stderr = finetune(models["tiny"], colours, tmp_path / "run", *extra)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
@@ -17,15 +16,12 @@ from ftonnx.errors import FtonnxError
 from ftonnx.graph import load
 from ftonnx.graph.cut import cut
 from ftonnx.graph.select import resolve
-from test_zoo import batch
+
+from helpers import image_batch, run_model
 
 POOL = "/_avg_pooling/GlobalAveragePool_output_0"
 
 
-def run(model: onnx.ModelProto, x: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-    """Run `model` on onnxruntime's CPU provider."""
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(outputs, {model.graph.input[0].name: x})
 
 
 def with_output(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
@@ -88,8 +84,8 @@ def test_cut_keeps_only_what_the_output_needs(tiny_model: onnx.ModelProto) -> No
     before, after = metadata.read(tiny_model), metadata.read(result)
     assert after.feature == "pool" and after.labels == before.labels and after.preprocess == before.preprocess
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    (expected,) = run(with_output(tiny_model, "pool"), x, ["pool"])
-    (got,) = run(result, x, ["pool"])
+    (expected,) = run_model(with_output(tiny_model, "pool"), x, ["pool"])
+    (got,) = run_model(result, x, ["pool"])
     assert np.array_equal(got, expected)
 
 
@@ -111,9 +107,9 @@ def test_cut_zoo_at_avgpool_is_bit_identical_on_real_images(zoo_model_path: Path
     assert result.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     onnx.checker.check_model(result, full_check=True)
     images = [path for kind in ("ants", "bees") for path in sorted((hymenoptera / "val" / kind).glob("*.jpg"))[:5]]
-    x = batch(images, metadata.read(model).preprocess)
-    (expected,) = run(with_output(model, POOL), x, [POOL])
-    (got,) = run(result, x, [POOL])
+    x = image_batch(images, metadata.read(model).preprocess)
+    (expected,) = run_model(with_output(model, POOL), x, [POOL])
+    (got,) = run_model(result, x, [POOL])
     assert got.shape == (10, 1280, 1, 1) and np.array_equal(got, expected)
 
 

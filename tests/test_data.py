@@ -9,28 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ftonnx.data import Dataset, Loader, discover, load_image
+from ftonnx.data.images import decode
 from ftonnx.errors import FtonnxError
 from ftonnx.metadata import Preprocess
-from ftonnx.train.data import Dataset, Loader, discover, load_image
-from ftonnx.train.images import decode
+
+from helpers import make_folder, write_image
 
 PRE = Preprocess(size=(16, 16), resize=20)
 
 
-def write_image(path: Path, size: tuple[int, int] = (30, 24), seed: int = 0) -> Path:
-    """A random RGB image of `size` (W, H), format from the suffix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
 
 
-def make_folder(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
-    """One folder per class with the given number of PNG images of varied sizes."""
-    for c, (name, count) in enumerate(classes.items()):
-        for i in range(count):
-            write_image(root / name / f"img{i}.png", (24 + 3 * i, 20 + 2 * c), seed=seed + 100 * c + i)
-    return root
 
 
 def test_imagefolder_sorted_classes_and_absolute_paths(tmp_path):

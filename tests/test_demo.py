@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ftonnx.data import discover
 from ftonnx.demo import write_digits
-from ftonnx.train.data import discover
 
 
 def test_digits_become_a_stratified_image_folder(tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import build_tiny_model
-from test_data import make_folder
 
 from ftonnx import metadata
 from ftonnx.cli import main
+from ftonnx.data import discover, load_image
 from ftonnx.errors import FtonnxError
-from ftonnx.train.data import discover, load_image
-from ftonnx.train.evaluate import evaluate, predict
+from ftonnx.evaluate import evaluate, predict
+
+from helpers import build_tiny_model, make_folder
 
 
 @pytest.fixture

@@ -12,14 +12,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import build_tiny_model
 
 from ftonnx import metadata
 from ftonnx.cli import main
+from ftonnx.data import Loader, discover
+from ftonnx.evaluate import evaluate
 from ftonnx.export.edge import export_run
 from ftonnx.export.inference import add_probabilities
-from ftonnx.train.data import Loader, discover
-from ftonnx.train.evaluate import evaluate
+
+from helpers import build_tiny_model, run_model
 
 LABELS = ["ants", "bees"]
 VARIANTS = ["float", "int8", "fp16", "float.ort", "int8.ort", "fp16.ort"]
@@ -59,9 +60,6 @@ def val_batch(run: Path) -> np.ndarray:
     return next(Loader(val, metadata.read(model).preprocess, batch_size=64).epoch(0))[0]
 
 
-def outputs(path: Path, x: np.ndarray) -> list[np.ndarray]:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits", "probabilities"],
-                                                                                   {"input": x})
 
 
 def test_cli_export_writes_every_variant(tiny_run: Path, tmp_path: Path) -> None:
@@ -103,13 +101,13 @@ def test_cli_export_writes_every_variant(tiny_run: Path, tmp_path: Path) -> None
         onnx.TensorProto.FLOAT}
 
     x = val_batch(tiny_run)
-    reference = outputs(files["float"], x)[1]
+    reference = run_model(files["float"], x)[1]
     for name in ("float", "int8", "fp16"):  # each .ort gives its ONNX twin's outputs
-        for a, b in zip(outputs(files[name], x), outputs(files[f"{name}.ort"], x)):
+        for a, b in zip(run_model(files[name], x), run_model(files[f"{name}.ort"], x)):
             np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
     rows = {r["name"]: r for r in report["variants"]}
     for name in VARIANTS:  # the report's probability differences are the measured ones
-        expected = np.abs(outputs(files[name], x)[1] - reference).max()
+        expected = np.abs(run_model(files[name], x)[1] - reference).max()
         assert rows[name]["max_prob_diff"] == pytest.approx(expected, abs=1e-7)
     assert rows["float"]["max_prob_diff"] == 0 and rows["fp16"]["max_prob_diff"] < 2e-3
     _, val = discover(**json.loads((tiny_run / "config.json").read_text())["data_args"])
@@ -178,7 +176,7 @@ def test_lite0_finetuned_on_hymenoptera_meets_the_bar(zoo_model_path: Path, hyme
     """The issue's Done-when: int8 <= 30 % of the size and <= 1 point of val top-1 lost, fp16 <= 55 %
     and nothing lost, every .ort file gives its ONNX twin's outputs."""
     from ftonnx.pipeline import data_args, finetune
-    from ftonnx.train.loop import TrainConfig
+    from ftonnx.train.config import TrainConfig
 
     run = tmp_path / "run"
     finetune(zoo_model_path, "auto", data_args(str(hymenoptera)), run, TrainConfig())
@@ -191,6 +189,6 @@ def test_lite0_finetuned_on_hymenoptera_meets_the_bar(zoo_model_path: Path, hyme
     x = val_batch(run)[:16]
     for name in ("float", "int8", "fp16"):
         onnx_file, ort_file = (tmp_path / "out" / rows[n]["file"] for n in (name, f"{name}.ort"))
-        for a, b in zip(outputs(onnx_file, x), outputs(ort_file, x)):
+        for a, b in zip(run_model(onnx_file, x), run_model(ort_file, x)):
             np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
         assert rows[f"{name}.ort"]["top1"] == rows[name]["top1"]

@@ -9,12 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import build_tiny_model
 from ftonnx.errors import FtonnxError
 from ftonnx.graph.cut import cut
 from ftonnx.graph.head import add_head
+from ftonnx.train.config import TrainConfig
 from ftonnx.train.freeze import parameter_names, trainable_parameters
-from ftonnx.train.loop import TrainConfig, train
+
+from helpers import ArrayBatches, build_tiny_model, train_and_export
 
 TINY = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc.weight", "fc.bias"]
 
@@ -62,10 +63,8 @@ def train_on_noise(model: onnx.ModelProto, run_dir: Path, freeze: str, size: int
     x = rng.standard_normal((24, 3, size, size)).astype(np.float32)
     y = np.arange(24) % 3
     x[np.arange(24), y] += 1.0
-    batches = lambda epoch: (({"input": x[s:s + 8]}, y[s:s + 8]) for s in range(0, 24, 8))
-    val = lambda: iter([({"input": x}, y)])
-    train(model, batches, val, run_dir, TrainConfig(epochs=2, freeze=freeze, lr=1e-2), steps_per_epoch=3)
-    return onnx.load(str(run_dir / "model.onnx"))
+    return train_and_export(model, ArrayBatches(x, y, 8), ArrayBatches(x, y, 24), run_dir,
+                            TrainConfig(epochs=2, freeze=freeze, lr=1e-2))
 
 
 def test_parameter_names_of_the_tiny_model() -> None:

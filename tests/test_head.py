@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,14 +18,13 @@ from ftonnx.graph import load
 from ftonnx.graph.cut import cut
 from ftonnx.graph.head import add_head, linear_init
 
+from helpers import run_model
+
 
 def params(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def run(model: onnx.ModelProto, x: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(outputs, {"input": x})
 
 
 @pytest.mark.parametrize("feature", ["pool", "flat"])  # (N, C, 1, 1) and (N, C)
@@ -43,7 +41,7 @@ def test_head_computes_a_linear_layer_on_the_features(tiny_model: onnx.ModelProt
     assert sorted(meta.backbone_params) == sorted(params(backbone))
     assert meta.preprocess == metadata.read(tiny_model).preprocess
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    (features,), (logits,) = run(backbone, x, [feature]), run(model, x, ["logits"])
+    (features,), (logits,) = run_model(backbone, x, [feature]), run_model(model, x, ["logits"])
     w, b = params(model)["head.fc.weight"], params(model)["head.fc.bias"]
     assert logits.shape == (4, 3)
     np.testing.assert_allclose(logits, features.reshape(4, -1) @ w.T + b, rtol=1e-5, atol=1e-6)
@@ -58,7 +56,7 @@ def test_hidden_head_with_dropout(tiny_model: onnx.ModelProto) -> None:
     assert meta.head_params == ["head.fc1.weight", "head.fc1.bias", "head.fc2.weight", "head.fc2.bias"]
     assert meta.labels == ["a", "b", "c", "d"]
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    (first,), (second,) = run(model, x, ["logits"]), run(model, x, ["logits"])
+    (first,), (second,) = run_model(model, x, ["logits"]), run_model(model, x, ["logits"])
     assert first.shape == (2, 4) and np.array_equal(first, second)  # inference: dropout is off
 
 
@@ -106,5 +104,5 @@ def test_head_on_zoo_backbone_adds_only_head_parameters(zoo_model_path: Path, tm
     assert set(meta.backbone_params) == {k for k, v in params(backbone).items() if v.dtype == np.float32}
     assert meta.preprocess == metadata.read(load(zoo_model_path)).preprocess
     x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
-    (logits,) = run(model, x, ["logits"])
+    (logits,) = run_model(model, x, ["logits"])
     assert logits.shape == (3, 2)

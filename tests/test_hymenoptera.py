@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from ftonnx.cli import main
+from ftonnx.data import discover
+from ftonnx.evaluate import evaluate
 from ftonnx.graph import load
-from ftonnx.train.data import discover
-from ftonnx.train.evaluate import evaluate
 from ftonnx.train.loop import best_weights
 
 pytestmark = pytest.mark.slow

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import exporters
 from ftonnx.errors import FtonnxError
 from ftonnx.graph import load, load_reporting
 from ftonnx.graph.normalize import normalize, onnx_opset
 
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+import exporters
+from helpers import run_model
 
 
 def _images(*shape: int) -> np.ndarray:
@@ -33,7 +29,7 @@ def test_builders_lift_to_training_opset_with_equal_outputs(kind):
     sizes = [(32, 32)] if kind == "tf_style" else [(32, 32), (40, 24)]
     for h, w in sizes:
         x = _images(2, h, w, 3) if kind == "tf_style" else _images(2, 3, h, w)
-        np.testing.assert_allclose(_run(model, x), _run(raw, x), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(run_model(model, x)[0], run_model(raw, x)[0], rtol=0, atol=1e-6)
 
 
 def test_constant_weights_become_initializers_and_ir_is_raised():
@@ -71,7 +67,7 @@ def test_old_opset_ops_convert():
     clip = next(n for n in model.graph.node if n.op_type == "Clip")
     assert len(clip.input) == 3 and not clip.attribute  # bounds are inputs from opset 11
     x = _images(1, 3, 5, 5) * 3
-    np.testing.assert_allclose(_run(model, x), _run(raw, x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(run_model(model, x)[0], run_model(raw, x)[0], rtol=0, atol=1e-6)
 
 
 def test_external_data_is_loaded_from_beside_the_model(tmp_path):
@@ -83,7 +79,7 @@ def test_external_data_is_loaded_from_beside_the_model(tmp_path):
     assert all(t.data_location == TensorProto.DEFAULT and t.raw_data for t in model.graph.initializer)
     reference, _ = normalize(exporters.se_cnn())
     x = _images(2, 3, 32, 32)
-    np.testing.assert_array_equal(_run(model, x), _run(reference, x))
+    np.testing.assert_array_equal(run_model(model, x)[0], run_model(reference, x)[0])
 
 
 def test_missing_external_data_is_an_error(tmp_path):

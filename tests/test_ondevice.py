@@ -11,16 +11,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import build_tiny_model
 
 from ftonnx import metadata
+from ftonnx.data import Loader, discover
 from ftonnx.errors import FtonnxError
 from ftonnx.export.inference import add_probabilities
 from ftonnx.export.ondevice import build_on_device
 from ftonnx.graph import load
 from ftonnx.graph.cut import cut
 from ftonnx.graph.head import add_head
-from ftonnx.train.data import Loader, discover
+
+from helpers import build_tiny_model
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -33,7 +34,7 @@ def test_device_loop_trains_the_head_and_exports(zoo_model_path: Path, hymenopte
 
     model = add_probabilities(add_head(cut(load(zoo_model_path), "auto"), 2, labels=["ants", "bees"]))
     head = metadata.read(model).head_params
-    folder = build_on_device(model, tmp_path / "on_device", ort_format=True)
+    folder = build_on_device(model, tmp_path / "on_device", ort_format=True).folder
     for stem in ("training_model", "eval_model", "optimizer_model"):
         assert (folder / f"{stem}.onnx").is_file() and (folder / f"{stem}.ort").is_file()
     train, _ = discover(str(hymenoptera))

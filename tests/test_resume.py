@@ -13,14 +13,34 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from conftest import build_tiny_model
 from ftonnx.graph.cut import cut
 from ftonnx.graph.head import add_head
-from ftonnx.train.loop import TrainConfig, train
+from ftonnx.train.config import TrainConfig
+
+from helpers import ArrayBatches, build_tiny_model, train_and_export
 
 TESTS = Path(__file__).resolve().parent
 EPOCHS, STEPS, BATCH = 3, 4, 6
 KILL_AT = (1, 2)  # (epoch, batch): the second epoch's third batch
+
+
+class _Batches:
+    """A fixed shuffle per epoch; with `marker`, the batch at KILL_AT touches it and waits to be killed."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, marker: str | None) -> None:
+        self.x, self.y, self.marker = x, y, marker
+
+    def __len__(self) -> int:
+        return STEPS
+
+    def epoch(self, epoch: int):
+        order = np.random.default_rng([7, epoch]).permutation(len(self.y))
+        for i in range(STEPS):
+            if self.marker and (epoch, i) == KILL_AT:
+                Path(self.marker).touch()
+                time.sleep(120)
+            idx = order[i * BATCH:(i + 1) * BATCH]
+            yield {"input": self.x[idx]}, self.y[idx]
 
 
 def run_tiny(run_dir: str, marker: str | None = None, resume: bool = False) -> None:
@@ -30,18 +50,8 @@ def run_tiny(run_dir: str, marker: str | None = None, resume: bool = False) -> N
     rng = np.random.default_rng(0)
     x = rng.standard_normal((STEPS * BATCH, 3, 32, 32)).astype(np.float32)
     y = np.arange(STEPS * BATCH) % 3
-
-    def batches(epoch: int):
-        order = np.random.default_rng([7, epoch]).permutation(len(y))
-        for i in range(STEPS):
-            if marker and (epoch, i) == KILL_AT:
-                Path(marker).touch()
-                time.sleep(120)
-            idx = order[i * BATCH:(i + 1) * BATCH]
-            yield {"input": x[idx]}, y[idx]
-
     config = TrainConfig(epochs=EPOCHS, freeze="none", lr=0.01, resume=resume)
-    train(model, batches, lambda: iter([({"input": x}, y)]), run_dir, config, steps_per_epoch=STEPS)
+    train_and_export(model, _Batches(x, y, marker), ArrayBatches(x, y, len(y)), Path(run_dir), config)
 
 
 def child(run_dir: Path, marker: Path | None = None, resume: bool = False) -> subprocess.Popen:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
@@ -16,46 +15,17 @@ from ftonnx.graph.head import add_head
 from ftonnx.graph.split import NotPrefixError, boundary, is_prefix, split
 from ftonnx.graph.stitch import stitch
 
+from helpers import run_model, skip_model
+
 TINY_HEAD = ["fc.weight", "fc.bias"]
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
 
 
 def images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
 
 
-def skip_model() -> onnx.ModelProto:
-    """conv1 -> r1 -> conv2 -> r2 -> conv3 -> Add(r1) -> pool -> fc: freezing conv1 and conv2
-    leaves two tensors crossing into the trainable part, r2 and the skip connection r1."""
-    rng = np.random.default_rng(1)
-
-    def init(name: str, *shape: int) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
-
-    conv = {"pads": [1, 1, 1, 1]}
-    nodes = [
-        helper.make_node("Conv", ["input", "conv1.weight"], ["c1"], name="conv1", **conv),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "conv2.weight"], ["c2"], name="conv2", **conv),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("Conv", ["r2", "conv3.weight"], ["c3"], name="conv3", **conv),
-        helper.make_node("Add", ["c3", "r1"], ["sum"], name="add"),
-        helper.make_node("GlobalAveragePool", ["sum"], ["pool"], name="pool"),
-        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
-        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
-    ]
-    inits = [init("conv1.weight", 8, 3, 3, 3), init("conv2.weight", 8, 8, 3, 3),
-             init("conv3.weight", 8, 8, 3, 3), init("fc.weight", 4, 8), init("fc.bias", 4)]
-    graph = helper.make_graph(
-        nodes, "skip", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return metadata.write(model, metadata.Meta(labels=["a", "b", "c", "d"]))
 
 
 def assert_split_exact(model: onnx.ModelProto, cut_at: list[str], x: np.ndarray) -> tuple[onnx.ModelProto, ...]:
@@ -67,14 +37,14 @@ def assert_split_exact(model: onnx.ModelProto, cut_at: list[str], x: np.ndarray)
     for value in suffix.graph.input:  # the batch stays dynamic
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
     name = model.graph.input[0].name
-    expected = run(model, {name: x})
-    staged = run(suffix, dict(zip(cut_at, run(prefix, {name: x}))))
+    expected = run_model(model, {name: x})
+    staged = run_model(suffix, dict(zip(cut_at, run_model(prefix, {name: x}))))
     stitched = stitch(prefix, suffix)
     onnx.checker.check_model(stitched, full_check=True)
     assert [i.name for i in stitched.graph.input] == [i.name for i in model.graph.input]
     assert [o.name for o in stitched.graph.output] == [o.name for o in model.graph.output]
     assert len(stitched.graph.node) == len(model.graph.node)
-    for want, got, again in zip(expected, staged, run(stitched, {name: x})):
+    for want, got, again in zip(expected, staged, run_model(stitched, {name: x})):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(again, want)
     return prefix, suffix, stitched
@@ -133,7 +103,8 @@ def test_lite0_with_head_round_trips_for_backbone_and_late_block_freezes(lite0_h
     names = [n.name for n in lite0_head.graph.node]
     start = names.index("/_blocks.14/_project_conv/Conv")
     inits = {t.name for t in lite0_head.graph.initializer}
-    late = [i for n in lite0_head.graph.node[start:] if n.op_type in ("Conv", "Gemm") for i in n.input[1:] if i in inits]
+    late = [i for n in lite0_head.graph.node[start:] if n.op_type in ("Conv", "Gemm")
+            for i in n.input[1:] if i in inits]
     cut_at = boundary(lite0_head, late)
     assert cut_at == ["/_blocks.13/Add_output_0", "/_blocks.14/_swish_1/Clip_output_0"]
     assert_split_exact(lite0_head, cut_at, x)
@@ -153,8 +124,8 @@ def test_stitch_uses_the_trained_suffix_and_renames_only_clashes(tiny_model):
     stitched = stitch(prefix, trained)
     assert {"zero", "suffix/zero", "fc.weight", "conv2.weight"} <= {t.name for t in stitched.graph.initializer}
     x = images(4, 32)
-    np.testing.assert_array_equal(run(stitched, {"input": x})[0],
-                                  run(trained, {"r1": run(prefix, {"input": x})[0]})[0])
+    np.testing.assert_array_equal(run_model(stitched, {"input": x})[0],
+                                  run_model(trained, {"r1": run_model(prefix, {"input": x})[0]})[0])
 
 
 def test_stitch_refuses_halves_that_do_not_meet(tiny_model):

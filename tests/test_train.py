@@ -12,12 +12,13 @@ import onnxruntime
 import pytest
 from click.testing import CliRunner
 
-from conftest import COLOURS, build_tiny_model, write_colours
 from ftonnx.cli import main
-from ftonnx.train.data import discover
-from ftonnx.train.evaluate import evaluate
-from ftonnx.train.schedule import default_warmup_epochs, learning_rate
+from ftonnx.data import discover
+from ftonnx.evaluate import evaluate
+from ftonnx.train.config import TrainConfig
+from ftonnx.train.schedule import learning_rate
 
+from helpers import COLOURS, build_tiny_model, write_colours
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +44,17 @@ def finetune(tiny: Path, data: Path, out: Path, *extra: object) -> tuple[int, st
 
 
 def test_warmup_is_linear_then_cosine_decays_to_near_zero() -> None:
-    lr = lambda step, schedule="cosine": learning_rate(step, base_lr=1.0, total_steps=110, warmup_steps=10,
-                                                        schedule=schedule)
+    def lr(step: int, schedule: str = "cosine") -> float:
+        return learning_rate(step, base_lr=1.0, total_steps=110, warmup_steps=10, schedule=schedule)
+
     assert [lr(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert lr(10) == 1.0
     assert lr(60) == pytest.approx(0.5)
     assert lr(109) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
     assert [lr(s, "constant") for s in (4, 10, 109)] == [0.5, 1.0, 1.0]
     assert learning_rate(0, base_lr=0.1, total_steps=10) == 0.1
-    assert (default_warmup_epochs(1), default_warmup_epochs(5)) == (0, 1)
+    warmups = [TrainConfig(epochs=n).resolved(backbone_trains=False).warmup_epochs for n in (1, 5)]
+    assert warmups == [0, 1]
 
 
 def test_finetune_writes_a_complete_run_and_eval_reproduces_its_top1(tiny_path: Path, colours: Path,
@@ -122,7 +125,7 @@ def test_cuda_without_the_cuda_build_is_a_clear_error(tiny_path: Path, colours: 
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--freeze", "sideways"), "unknown freeze policy 'sideways'"),
+    (("--freeze", "sideways"), "'--freeze': 'sideways': use backbone, none or until:SPEC"),
     (("--freeze", "until:/head/fc/Gemm"), "leaves no parameter to train"),
     (("--optimizer", "sgd", "--weight-decay", "0.1"), "ORT's SGD has no weight decay"),
     (("--warmup-epochs", "9"), "--warmup-epochs must be between 0 and --epochs"),
@@ -139,7 +142,7 @@ def test_bad_finetune_options_fail_cleanly(tiny_path: Path, colours: Path, tmp_p
 
 def test_train_refuses_other_labels_and_overwriting_a_run(tiny_path: Path, colours: Path, tmp_path: Path) -> None:
     code, _, stderr = run("train", tiny_path, "--data", colours, "--out", tmp_path / "run", "--freeze", "none")
-    assert code == 2 and "differ from the data's 3 classes (blue, green, red)" in stderr
+    assert code == 2 and "only the data has blue, green, red; give a head for these classes" in stderr
     assert not (tmp_path / "run").exists()
     done = tmp_path / "done"
     assert finetune(tiny_path, colours, done, "--epochs", 1)[0] == 0
@@ -160,6 +163,6 @@ def test_finetune_export_runs_the_edge_export_after_training(tiny_path: Path, co
 def test_finetune_refuses_an_unknown_export_variant_before_training(tiny_path: Path, colours: Path,
                                                                     tmp_path: Path) -> None:
     code, stdout, stderr = finetune(tiny_path, colours, tmp_path / "run", "--export", "int8,tflite")
-    assert code == 2 and stderr.strip() == ("ftonnx: error: unknown export variant 'tflite'; "
-                                            "choose from int8, fp16, ort, on-device")
+    assert code == 2 and stderr.strip() == ("ftonnx: error: Invalid value for '--export': 'tflite' is not one of "
+                                            "int8, fp16, ort, on-device")
     assert not (tmp_path / "run").exists()

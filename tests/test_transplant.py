@@ -11,7 +11,8 @@ from onnx import numpy_helper
 from ftonnx.cli import main
 from ftonnx.errors import FtonnxError
 from ftonnx.graph.transplant import transplant
-from conftest import build_tiny_model
+
+from helpers import build_tiny_model
 
 
 def _values(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 from PIL import Image
@@ -13,12 +12,8 @@ from skimage import data
 from ftonnx import metadata
 from ftonnx.graph import load
 from ftonnx.metadata import Preprocess
-from ftonnx.train.images import load_image
 
-
-def batch(images: list[Path], pre: Preprocess) -> np.ndarray:
-    """Decode and preprocess image files the way training and eval do, into one float32 batch."""
-    return np.stack([load_image(path, pre) for path in images])
+from helpers import image_batch
 
 
 def test_zoo_metadata_carries_labels_preprocessing_and_dynamic_batch(zoo_model_path: Path) -> None:
@@ -41,7 +36,7 @@ def test_zoo_weights_are_imagenet_pretrained(zoo_model_path: Path, tmp_path: Pat
     Image.fromarray(data.chelsea()).save(images[0])
     Image.fromarray(data.coffee()).save(images[1])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"input": batch(images, pre)})
+    (logits,) = session.run(["logits"], {"input": image_batch(images, pre)})
     assert logits.argmax(axis=1).tolist() == [285, 967]
 
 

@@ -99,8 +99,9 @@ def torch_child(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from ftonnx import zoo
-    from ftonnx.train.data import Loader, discover
-    from ftonnx.train.schedule import default_lr, default_warmup_epochs, learning_rate
+    from ftonnx.data import Loader, discover
+    from ftonnx.train.config import TrainConfig
+    from ftonnx.train.schedule import learning_rate
 
     torch.set_num_threads(spec["threads"])
     train, val = discover(**spec["data_args"])
@@ -114,8 +115,10 @@ def torch_child(spec: dict) -> dict:
         net._fc.weight.copy_(torch.from_numpy(head["weight"]))
         net._fc.bias.copy_(torch.from_numpy(head["bias"]))
     net.eval()  # batch norm with its running statistics, as ftonnx trains a frozen backbone
-    lr, epochs, bs = default_lr(False, "adamw"), spec["epochs"], spec["batch_size"]
-    optimizer = torch.optim.AdamW(net._fc.parameters(), lr=lr, weight_decay=1e-4)
+    epochs, bs = spec["epochs"], spec["batch_size"]
+    defaults = TrainConfig(epochs=epochs).resolved(backbone_trains=False)  # ftonnx's defaults for a frozen backbone
+    lr = defaults.lr
+    optimizer = torch.optim.AdamW(net._fc.parameters(), lr=lr, weight_decay=defaults.weight_decay)
     loader = Loader(train, recipe.preprocess, batch_size=bs, shuffle=True, seed=0)
     val_loader = Loader(val, recipe.preprocess, batch_size=bs)
     steps = len(loader)
@@ -124,7 +127,7 @@ def torch_child(spec: dict) -> dict:
         for i, (x, y) in enumerate(loader.epoch(epoch)):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(epoch * steps + i, base_lr=lr, total_steps=steps * epochs,
-                                            warmup_steps=default_warmup_epochs(epochs) * steps)
+                                            warmup_steps=defaults.warmup_epochs * steps)
             loss = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -145,18 +148,13 @@ def torch_child(spec: dict) -> dict:
 
 def floor_child(spec: dict) -> dict:
     """Decode every image once and run the frozen backbone on it once, as fast as ONNX Runtime can."""
-    import onnxruntime as ort
-
-    from ftonnx.train.data import Loader, discover
+    from ftonnx.data import Loader, discover
+    from ftonnx.runtime import image_input, inference_session
     from ftonnx.zoo import get
 
     train, val = discover(**spec["data_args"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = spec["threads"]
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(spec["prefix"], options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    session = inference_session(spec["prefix"], throughput=True)  # as the activation cache runs it
+    name, _ = image_input(session)
     count = 0
     for dataset in (train, val):
         for x, _ in Loader(dataset, get(MODEL).preprocess, batch_size=64).epoch(0):
@@ -170,13 +168,13 @@ def prepare(folder: Path, data: dict[str, str]) -> dict[str, str]:
     from onnx import numpy_helper
 
     from ftonnx import zoo
+    from ftonnx.data import discover
     from ftonnx.graph import load
     from ftonnx.graph.cut import cut
     from ftonnx.graph.head import add_head
     from ftonnx.graph.io import save_model
     from ftonnx.graph.split import boundary, split
     from ftonnx.metadata import read
-    from ftonnx.train.data import discover
 
     pretrained = folder / "lite0.onnx"
     zoo.export_model(MODEL, pretrained)

@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from ftonnx.data import Dataset, Loader, discover
 from ftonnx.metadata import Preprocess
-from ftonnx.train.data import Dataset, Loader, discover
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
 

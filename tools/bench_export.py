@@ -22,7 +22,7 @@ from ftonnx import zoo
 from ftonnx.export.edge import export_run
 from ftonnx.export.report import format_table
 from ftonnx.pipeline import data_args, finetune
-from ftonnx.train.loop import TrainConfig
+from ftonnx.train.config import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
 

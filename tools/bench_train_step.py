@@ -35,27 +35,18 @@ MODEL = "efficientnet-lite0"
 def ort_images_per_s(model: onnx.ModelProto, freeze: str, x: np.ndarray, y: np.ndarray, steps: int, warmup: int,
                      threads: int) -> tuple[float, float]:
     """Images per second of ORT training steps (forward, backward, AdamW) on one fixed batch, first loss."""
-    import onnxruntime
-    from onnxruntime.training import api
+    from ftonnx.train.session import TrainingSession
 
-    onnxruntime.set_default_logger_severity(3)
     with tempfile.TemporaryDirectory() as tmp:
         art = build_artifacts(model, trainable_parameters(model, freeze), Path(tmp) / "artifacts",
                               weight_decay=1e-4)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        state = api.CheckpointState.load_checkpoint(str(art / "checkpoint"))
-        module = api.Module(str(art / "training_model.onnx"), state, str(art / "eval_model.onnx"),
-                            session_options=options)
-        optimizer = api.Optimizer(str(art / "optimizer_model.onnx"), module)
-        module.train()
+        session = TrainingSession(art, art.checkpoint, threads=threads)
+        session.module.train()
         losses: list[float] = []
         for i in range(warmup + steps):
             if i == warmup:
                 start = time.perf_counter()
-            losses.append(float(module(x, y)[0]))
-            optimizer.step()
-            module.lazy_reset_grad()
+            losses.append(session.step({"input": x}, y, 1e-3, np.random.default_rng(i)))
         return steps * len(y) / (time.perf_counter() - start), losses[0]
 
 

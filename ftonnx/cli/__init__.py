@@ -11,13 +11,15 @@ from ftonnx.errors import FtonnxError
 
 
 class _Group(click.Group):
-    """Turns FtonnxError into one line on stderr and exit code 2, never a traceback."""
+    """Turns FtonnxError and a command's bad options into one line on stderr and exit code 2, never a
+    traceback or a usage screen (`--help` shows that)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except FtonnxError as exc:
-            click.echo(f"ftonnx: error: {exc}", err=True)
+        except (FtonnxError, click.UsageError) as exc:
+            message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+            click.echo(f"ftonnx: error: {message}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("ftonnx: interrupted", err=True)
@@ -31,11 +33,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    """Add the `command` of every module in this package: one module per command or group."""
+    """Add the `command` of every public module in this package: one module per command or group
+    (modules named `_...` hold what several commands share)."""
     import importlib
     import pkgutil
 
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         main.add_command(module.command)
 

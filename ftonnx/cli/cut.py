@@ -18,7 +18,8 @@ def command(model: str, spec: str, output: str, last: bool, index: int | None) -
     """Truncate MODEL so that the output of node SPEC becomes its output."""
     from ftonnx.graph import load
     from ftonnx.graph.cut import cut
-    from ftonnx.graph.inspect import format_shape, tensor_shapes
+    from ftonnx.graph.index import GraphIndex
+    from ftonnx.graph.inspect import format_shape
     from ftonnx.graph.io import check_output_path, save_model
 
     check_output_path(output)
@@ -26,5 +27,5 @@ def command(model: str, spec: str, output: str, last: bool, index: int | None) -
     result = cut(original, spec, last=last, index=index)
     save_model(result, output)
     tensor = result.graph.output[0].name
-    click.echo(f"wrote {output}: output {tensor} {format_shape(tensor_shapes(result).get(tensor))}, "
+    click.echo(f"wrote {output}: output {tensor} {format_shape(GraphIndex(result).shapes.get(tensor))}, "
                f"{len(result.graph.node)} of {len(original.graph.node)} nodes kept")

@@ -19,8 +19,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def command(model: str, data: str, list_file: str | None, batch_size: int, strict: bool, as_json: bool) -> None:
     """Evaluate MODEL (.onnx or .ort) on labelled images; the classes must be the model's labels."""
-    from ftonnx.train.data import discover
-    from ftonnx.train.evaluate import evaluate
+    from ftonnx.data import discover
+    from ftonnx.evaluate import evaluate
 
     train, val = discover(data, list_file=list_file, strict=strict)
     dataset = val if val is not None else train

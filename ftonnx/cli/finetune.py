@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from ftonnx.cli.train import report, split_options, train_options
+from ftonnx.cli._options import (
+    EXPORT_VARIANTS,
+    CommaList,
+    echo_result,
+    split_train_options,
+    train_options,
+)
 
 
 @click.command("finetune")
@@ -18,27 +24,26 @@ from ftonnx.cli.train import report, split_options, train_options
 @click.option("--hidden", type=click.IntRange(min=1), help="Add a hidden layer this wide to the head.")
 @click.option("--dropout", default=0.0, type=click.FloatRange(0, 1, max_open=True),
               help="Dropout ratio before the head's last linear layer.")
-@click.option("--export", "export_variants", default="", metavar="int8,fp16,ort,on-device",
+@click.option("--export", "export_variants", default="", type=CommaList(EXPORT_VARIANTS),
               help="After training, also export these variants to RUN/export (see `ftonnx export`).")
 @train_options
 def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidden: int | None, dropout: float,
-            export_variants: str, **opts: Any) -> None:
+            export_variants: list[str], **opts: Any) -> None:
     """Finetune PRETRAINED on --data: cut at --node, new head (classes from the data), train, export
     RUN/model.onnx. When the frozen part is a prefix (e.g. the default --freeze backbone) and nothing
     augments the images, it runs once per image and the rest trains on its cached activations."""
-    from pathlib import Path
-
-    from ftonnx.export.edge import export_run, parse_variants
+    from ftonnx.export.edge import export_run
     from ftonnx.export.report import format_table
     from ftonnx.pipeline import finetune
+    from ftonnx.train.run import RunFolder
 
-    variants = parse_variants(export_variants)
-    args, config = split_options(opts)
+    args, config = split_train_options(opts)
     result = finetune(pretrained, node_spec, args, opts["run_dir"], config, hidden=hidden, dropout=dropout,
                       last=last, index=index)
-    report(result)
+    echo_result(result)
     if export_variants:
-        out = Path(opts["run_dir"]) / "export"
-        click.echo(format_table(export_run(result.run_dir, out, **variants,
+        out = RunFolder(result.run_dir).export_dir
+        flags = {v.replace("-", "_"): v in export_variants for v in EXPORT_VARIANTS}
+        click.echo(format_table(export_run(result.run_dir, out, **flags,
                                            progress=lambda message: click.echo(message, err=True))))
         click.echo(f"exported: {out}")

@@ -14,7 +14,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list: image, then labels with probabilities.")
 def command(model: str, images: tuple[str, ...], top: int, as_json: bool) -> None:
     """Classify IMAGES with MODEL (.onnx or .ort), using its labels and preprocessing."""
-    from ftonnx.train.evaluate import predict
+    from ftonnx.evaluate import predict
 
     results = predict(model, list(images), top=top)
     if as_json:

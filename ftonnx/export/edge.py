@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from ftonnx import metadata
+from ftonnx.data import Dataset, Loader, check_classes, discover
 from ftonnx.errors import FtonnxError
 from ftonnx.export.fp16 import convert_fp16
 from ftonnx.export.ondevice import build_on_device
@@ -26,48 +27,28 @@ from ftonnx.export.ort_format import convert_ort
 from ftonnx.export.quantize import quantize_int8
 from ftonnx.export.report import measure
 from ftonnx.graph.io import load_model
-from ftonnx.train.data import Dataset, Loader, discover
-from ftonnx.train.evaluate import check_classes
+from ftonnx.train.run import RunFolder
 
 FILES = {"float": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 ON_DEVICE = "on_device"
 REPORT = "report.json"
 CALIBRATION_BATCH = 16
-VARIANTS = ("int8", "fp16", "ort", "on-device")
-
-
-def parse_variants(text: str) -> dict[str, bool]:
-    """`export_run`'s variant flags from a comma list such as "int8,ort" (`finetune --export`)."""
-    chosen = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = sorted(set(chosen) - set(VARIANTS))
-    if unknown:
-        raise FtonnxError(f"unknown export variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    return {v.replace("-", "_"): v in chosen for v in VARIANTS}
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The inference model of a RUN folder and the `discover` arguments of its data, checked."""
-    run = Path(run_dir)
-    if not run.is_dir():
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
         raise FtonnxError(f"{run}: no such run folder")
-    model = load_model(run / "model.onnx")
+    model = load_model(run.model_path)
     outputs = {o.name for o in model.graph.output}
     if not {"logits", "probabilities"} <= outputs:
-        raise FtonnxError(f"{run / 'model.onnx'}: outputs {', '.join(sorted(outputs))}; expected logits and "
+        raise FtonnxError(f"{run.model_path}: outputs {', '.join(sorted(outputs))}; expected logits and "
                           "probabilities (the inference model ftonnx finetune writes)")
     meta = metadata.read(model)
     if not meta.labels or meta.preprocess is None:
-        raise FtonnxError(f"{run / 'model.onnx'}: the metadata lacks labels or preprocessing")
-    config_path = run / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise FtonnxError(f"{config_path}: no such file; is {run} a folder that ftonnx finetune wrote?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FtonnxError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("data_args"), dict):
-        raise FtonnxError(f"{config_path}: no \"data_args\" entry saying where the training data is")
-    return model, config["data_args"]
+        raise FtonnxError(f"{run.model_path}: the metadata lacks labels or preprocessing")
+    return model, run.read_record().data_args
 
 
 def calibration_batches(train: Dataset, preprocess: metadata.Preprocess, count: int) -> Iterator[np.ndarray]:
@@ -99,7 +80,7 @@ def _variants(run: Path, model: onnx.ModelProto, stage: Path, train: Dataset, *,
     """Write the float model and the variants asked for into `stage`; returns name -> file."""
     preprocess = metadata.read(model).preprocess
     variants = {"float": stage / FILES["float"]}
-    shutil.copyfile(run / "model.onnx", variants["float"])
+    shutil.copyfile(RunFolder(run).model_path, variants["float"])
     if int8:
         say(f"int8: calibrating on {min(calib, len(train.samples))} training images")
         variants["int8"] = stage / FILES["int8"]
@@ -133,7 +114,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int8: 
     try:
         train, val = discover(**data_args)
     except TypeError as exc:
-        raise FtonnxError(f"{run / 'config.json'}: data_args do not fit ftonnx.train.data.discover ({exc})") from None
+        raise FtonnxError(f"{RunFolder(run).config_path}: data_args do not fit ftonnx.data.discover ({exc})") from None
     if val is not None:
         check_classes(meta.labels, val.classes)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.absolute().parent))

@@ -7,6 +7,7 @@ import os
 import onnx
 
 from ftonnx import metadata
+from ftonnx.graph.index import clone
 from ftonnx.graph.io import save_model
 
 
@@ -15,9 +16,7 @@ def convert_fp16(model: onnx.ModelProto, path: str | os.PathLike) -> onnx.ModelP
     keep its metadata and save it to `path`; returns the converted model."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    source = onnx.ModelProto()
-    source.CopyFrom(model)
-    half = convert_float_to_float16(source, keep_io_types=True)
+    half = convert_float_to_float16(clone(model), keep_io_types=True)
     metadata.copy(model, half)
     save_model(half, path)
     return half

@@ -3,7 +3,7 @@
 
 The weights go back into the graph the user gave, not into ORT's eval graph
 (`Module.export_model_for_inferencing`): ftonnx trains a rewritten forward graph (BatchNormalization
-with constant statistics, Dropout as a mask input; see `ftonnx.train.prepare`), and the exported
+with constant statistics, Dropout as a mask input; see `ftonnx.graph.trainable`), and the exported
 model should keep the original BatchNormalization and Dropout nodes and need no mask input.
 """
 
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.index import GraphIndex, clone
 from ftonnx.graph.io import check_model, save_model
 
 LOGITS = "logits"
@@ -26,14 +27,14 @@ PROBABILITIES = "probabilities"
 
 def with_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of `model` whose initializers named in `weights` hold those values (same shapes)."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    result = clone(model)
     inits = {t.name: t for t in result.graph.initializer}
     for name, value in weights.items():
         if name not in inits:
             raise FtonnxError(f"trained parameter {name!r} is not in the model; was it trained from another model?")
         if tuple(inits[name].dims) != value.shape:
-            raise FtonnxError(f"trained parameter {name!r} has shape {value.shape}, the model {tuple(inits[name].dims)}")
+            raise FtonnxError(f"trained parameter {name!r} has shape {value.shape}, "
+                              f"the model {tuple(inits[name].dims)}")
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
     return result
 
@@ -46,7 +47,7 @@ def add_probabilities(model: onnx.ModelProto) -> onnx.ModelProto:
     if PROBABILITIES in outputs:
         return model
     logits = next(o for o in model.graph.output if o.name == LOGITS)
-    model.graph.node.append(helper.make_node("Softmax", [LOGITS], [PROBABILITIES], name="/Softmax", axis=1))
+    model.graph.node.append(GraphIndex(model).node("Softmax", [LOGITS], "", "Softmax", output=PROBABILITIES, axis=1))
     probabilities = onnx.ValueInfoProto()
     probabilities.CopyFrom(logits)
     probabilities.name = PROBABILITIES

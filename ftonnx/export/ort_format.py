@@ -18,7 +18,10 @@ def convert_ort(path: str | os.PathLike) -> Path:
     Graph optimisations are applied once, here ("fixed" style, the portable set without x86-only
     layouts), so the device does not redo them on every load.
     """
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
 
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # it logs each config at INFO
     path = Path(path)

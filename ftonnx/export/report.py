@@ -3,7 +3,6 @@ top-1, and the largest probability difference from the float model on the val se
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -11,27 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from ftonnx.data import Dataset, Loader
 from ftonnx.errors import FtonnxError
 from ftonnx.metadata import Preprocess
-from ftonnx.train.data import Dataset, Loader
+from ftonnx.runtime import image_input, inference_session
 
 REFERENCE = "float"
 
 
-def cpu_session(path: str | os.PathLike, threads: int | None = None):
-    """A CPU InferenceSession; with `threads`, that many intra-op threads and one inter-op thread."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def latency_ms(session: Any, sample: np.ndarray, *, warmup: int = 10, runs: int = 50) -> float:
     """Median wall time in milliseconds of `runs` runs on `sample`, after `warmup` untimed runs."""
-    feed = {session.get_inputs()[0].name: sample}
+    feed = {image_input(session)[0]: sample}
     for _ in range(warmup):
         session.run(None, feed)
     times = []
@@ -46,12 +35,12 @@ def accuracy_and_drift(variants: dict[str, Path], val: Dataset, preprocess: Prep
     """Per variant, val top-1 and the largest |probability - the float model's probability| over `val`.
 
     One decode pass feeds every variant, so the report costs one forward pass per variant; top-1 is
-    the argmax of the probabilities, as `ftonnx.train.evaluate.evaluate` counts it from the logits.
+    the argmax of the probabilities, as `ftonnx.evaluate.evaluate` counts it from the logits.
     """
-    sessions = {name: cpu_session(path) for name, path in variants.items()}
+    sessions = {name: inference_session(path) for name, path in variants.items()}
     worst, hits, count = dict.fromkeys(sessions, 0.0), dict.fromkeys(sessions, 0), 0
     for x, y in Loader(val, preprocess, batch_size=32).epoch(0):
-        probs = {name: s.run(["probabilities"], {s.get_inputs()[0].name: x})[0] for name, s in sessions.items()}
+        probs = {name: s.run(["probabilities"], {image_input(s)[0]: x})[0] for name, s in sessions.items()}
         for name, p in probs.items():
             worst[name] = max(worst[name], float(np.abs(p - probs[REFERENCE]).max()))
             hits[name] += int((p.argmax(axis=1) == y).sum())
@@ -71,7 +60,8 @@ def measure(variants: dict[str, Path], val: Dataset | None, preprocess: Preproce
     for name, path in variants.items():
         size = path.stat().st_size
         rows.append({"name": name, "file": path.name, "bytes": size, "size_vs_float": size / float_bytes,
-                     "latency_ms": latency_ms(cpu_session(path, threads), sample, warmup=warmup, runs=runs),
+                     "latency_ms": latency_ms(inference_session(path, threads=threads), sample, warmup=warmup,
+                                              runs=runs),
                      **quality.get(name, {"top1": None, "max_prob_diff": None})})
     return {"threads": threads, "warmup": warmup, "runs": runs, "val_images": len(val.samples) if val else 0,
             "variants": rows}

@@ -8,11 +8,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.index import FLOAT_TYPES, GraphIndex, assign, clone
+from ftonnx.graph.inspect import format_shape
 from ftonnx.graph.io import check_model
-from ftonnx.graph.inspect import format_shape, tensor_shapes
 
 OUTPUT = "logits"
-_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 
 def linear_init(fan_in: int, fan_out: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +26,7 @@ def linear_init(fan_in: int, fan_out: int, rng: np.random.Generator) -> tuple[np
     return weight, bias
 
 
-def _feature(model: onnx.ModelProto) -> tuple[str, int | str | None, int]:
+def _feature(model: onnx.ModelProto, index: GraphIndex) -> tuple[str, int | str | None, int]:
     """The backbone's single output: its name, batch dimension and flattened width; or what to do instead."""
     outputs = list(model.graph.output)
     if len(outputs) != 1:
@@ -38,7 +38,7 @@ def _feature(model: onnx.ModelProto) -> tuple[str, int | str | None, int]:
                           f"ftonnx cut MODEL --node auto -o backbone.onnx")
     if feature.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise FtonnxError(f"feature output {feature.name!r} is not a float32 tensor")
-    shape = tensor_shapes(model).get(feature.name)
+    shape = index.shapes.get(feature.name)
     if not shape or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
         raise FtonnxError(f"feature output {feature.name!r} has shape {format_shape(shape)}; the head needs "
                           f"(N, C) or (N, C, 1, 1) with known sizes: cut after the global pooling (--node auto)")
@@ -61,42 +61,49 @@ def add_head(model: onnx.ModelProto, num_classes: int, *, hidden: int | None = N
     labels = list(labels) if labels else [f"class_{i}" for i in range(num_classes)]
     if len(labels) != num_classes:
         raise FtonnxError(f"{len(labels)} labels given for {num_classes} classes")
-    feature, batch, fan_in = _feature(model)
-    taken = {o for n in model.graph.node for o in n.output} | {t.name for t in model.graph.initializer}
+    index = GraphIndex(model)
+    feature, batch, fan_in = _feature(model, index)
+    taken = {o for n in index.nodes for o in n.output} | set(index.initializers)
     if OUTPUT in taken or any(name.startswith("head.") for name in taken):
         raise FtonnxError(f"the model already has a tensor {OUTPUT!r} or head.*; cut it back to its backbone first")
+    nodes, params = _head_nodes(index, feature, fan_in, num_classes, hidden, dropout, np.random.default_rng(seed))
+    result = clone(model)
+    result.graph.node.extend(nodes)
+    result.graph.initializer.extend(params)
+    assign(result.graph.output, [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, num_classes])])
+    metadata.update(result, labels=labels, feature=feature,
+                    head_params=[t.name for t in params if t.name != _DROPOUT_RATIO],
+                    backbone_params=[t.name for t in model.graph.initializer if t.data_type in FLOAT_TYPES])
+    check_model(result, "the model with its new head")
+    return result
 
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Flatten", [feature], ["head.flat"], name="/head/Flatten", axis=1)]
+
+_DROPOUT_RATIO = "head.dropout.ratio"
+
+
+def _head_nodes(index: GraphIndex, feature: str, fan_in: int, num_classes: int, hidden: int | None,
+                dropout: float, rng: np.random.Generator) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Flatten, [linear, ReLU,] [dropout,] linear -> `logits`: the nodes, and the parameters then the dropout
+    ratio as initializers."""
+    nodes = [index.node("Flatten", [feature], "/head", "Flatten", output="head.flat", axis=1)]
     params: list[onnx.TensorProto] = []
     consts: list[onnx.TensorProto] = []
 
-    def linear(name: str, x: str, width: int, out: int, y: str) -> str:
+    def linear(name: str, x: str, width: int, out: int, y: str) -> None:
         weight, bias = linear_init(width, out, rng)
         params.extend([numpy_helper.from_array(weight, f"head.{name}.weight"),
                        numpy_helper.from_array(bias, f"head.{name}.bias")])
-        nodes.append(helper.make_node("Gemm", [x, f"head.{name}.weight", f"head.{name}.bias"], [y],
-                                      name=f"/head/{name}/Gemm", transB=1))
-        return y
+        nodes.append(index.node("Gemm", [x, f"head.{name}.weight", f"head.{name}.bias"], f"/head/{name}", "Gemm",
+                                output=y, transB=1))
 
     x, width, last = "head.flat", fan_in, "fc"
     if hidden:
         linear("fc1", x, fan_in, hidden, "head.fc1")
-        nodes.append(helper.make_node("Relu", ["head.fc1"], ["head.relu"], name="/head/Relu"))
+        nodes.append(index.node("Relu", ["head.fc1"], "/head", "Relu", output="head.relu"))
         x, width, last = "head.relu", hidden, "fc2"
     if dropout > 0:
-        consts.append(numpy_helper.from_array(np.array(dropout, np.float32), "head.dropout.ratio"))
-        nodes.append(helper.make_node("Dropout", [x, "head.dropout.ratio"], ["head.dropout"], name="/head/Dropout"))
+        consts.append(numpy_helper.from_array(np.array(dropout, np.float32), _DROPOUT_RATIO))
+        nodes.append(index.node("Dropout", [x, _DROPOUT_RATIO], "/head", "Dropout", output="head.dropout"))
         x = "head.dropout"
     linear(last, x, width, num_classes, OUTPUT)
-
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    result.graph.node.extend(nodes)
-    result.graph.initializer.extend(params + consts)
-    del result.graph.output[:]
-    result.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, num_classes]))
-    metadata.update(result, labels=labels, feature=feature, head_params=[t.name for t in params],
-                    backbone_params=[t.name for t in model.graph.initializer if t.data_type in _FLOATS])
-    check_model(result, "the model with its new head")
-    return result
+    return nodes, params + consts

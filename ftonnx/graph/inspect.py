@@ -8,7 +8,7 @@ apart by their output being multiplied back into the very feature map they poole
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -17,34 +17,9 @@ from onnx import numpy_helper
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.index import FLOAT_TYPES, GraphIndex, Shape, attributes, value_shape
 
-Shape = list[int | str | None] | None
 _POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool")
-
-
-def tensor_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
-    """Shape of every typed tensor after onnx shape inference: ints, symbolic names, None if unknown."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:
-        raise FtonnxError(f"onnx shape inference failed: {str(exc).splitlines()[0]}") from None
-    graph = inferred.graph
-    shapes: dict[str, Shape] = {t.name: list(t.dims) for t in graph.initializer}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        shapes[info.name] = _shape(info)
-    return shapes
-
-
-def _shape(info: onnx.ValueInfoProto) -> Shape:
-    tensor_type = info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else _symbol(d.dim_param) for d in tensor_type.shape.dim]
-
-
-def _symbol(name: str) -> str | None:
-    """A named dimension, or None for none or one that shape inference made up (`unk__3`)."""
-    return None if not name or name.startswith("unk__") else name
 
 
 def format_shape(shape: Shape) -> str:
@@ -52,30 +27,6 @@ def format_shape(shape: Shape) -> str:
     if shape is None:
         return "(?)"
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    found: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in set(node.input):
-            found[name].append(node)
-    return found
-
-
-def _downstream(start: str, consumers: dict[str, list[onnx.NodeProto]],
-                skip: onnx.NodeProto | None = None) -> tuple[set[str], list[onnx.NodeProto]]:
-    """Tensors and nodes reachable from `start`, not entering `skip` nor Shape (which reads no values)."""
-    tensors, nodes, todo, seen = {start}, [], [start], set()
-    while todo:
-        for node in consumers.get(todo.pop(), []):
-            if node is skip or node.op_type == "Shape" or id(node) in seen:
-                continue
-            seen.add(id(node))
-            nodes.append(node)
-            new = [o for o in node.output if o and o not in tensors]
-            tensors.update(new)
-            todo.extend(new)
-    return tensors, nodes
 
 
 def _axes(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int] | None:
@@ -95,7 +46,7 @@ def _is_global_pool(node: onnx.NodeProto, shapes: dict[str, Shape], inits: dict[
     if node.op_type not in _POOLS or not shape or len(shape) < 3:
         return False
     rank = len(shape)
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     if node.op_type == "ReduceMean":
         axes = _axes(node, inits)
         if not axes:
@@ -107,23 +58,25 @@ def _is_global_pool(node: onnx.NodeProto, shapes: dict[str, Shape], inits: dict[
             and not any(pads) and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
 
 
-def recommended_cut(model: onnx.ModelProto) -> dict[str, Any]:
+def _reaches(index: GraphIndex, tensor: str, skip: onnx.NodeProto | None = None) -> list[onnx.NodeProto]:
+    """Nodes that read `tensor`'s values, directly or not: the walk enters neither `skip` nor Shape."""
+    return index.downstream([tensor], enters=lambda node: node is not skip and node.op_type != "Shape")
+
+
+def recommended_cut(model: onnx.ModelProto, index: GraphIndex | None = None) -> dict[str, Any]:
     """Where to cut off the classifier: the last global pooling that is not a squeeze-and-excitation gate.
 
     Returns tensor, node, op_type, shape and reason; raises FtonnxError when the model has none.
     """
-    shapes = tensor_shapes(model)
-    inits = {t.name: t for t in model.graph.initializer}
-    consumers = _consumers(model)
-    outputs = {o.name for o in model.graph.output}
-    pools = [n for n in model.graph.node if _is_global_pool(n, shapes, inits)]
+    index = index or GraphIndex(model)
+    pools = [n for n in index.nodes if _is_global_pool(n, index.shapes, index.initializers)]
     gates, heads = [], []
     for pool in pools:
-        after, after_nodes = _downstream(pool.output[0], consumers)
-        beside, _ = _downstream(pool.input[0], consumers, skip=pool)
+        after_nodes = _reaches(index, pool.output[0])
+        beside = {o for n in _reaches(index, pool.input[0], skip=pool) for o in n.output} | {pool.input[0]}
         if any(i in beside for node in after_nodes for i in node.input):
             gates.append(pool)  # the pooled value rejoins the map it came from: an SE gate
-        elif after & outputs:
+        elif (after := {pool.output[0]} | {o for n in after_nodes for o in n.output}) & set(index.outputs):
             heads.append((pool, after, after_nodes))
     if not heads:
         found = (f"{len(pools)} global poolings, {len(gates)} of them in squeeze-and-excitation blocks, "
@@ -131,7 +84,7 @@ def recommended_cut(model: onnx.ModelProto) -> dict[str, Any]:
                  "no global pooling (GlobalAveragePool, or ReduceMean/AveragePool over the whole map)")
         raise FtonnxError(f"no cut point to recommend: found {found}; name one with --node")
     pool, after, after_nodes = heads[-1]
-    output = next(o.name for o in model.graph.output if o.name in after)
+    output = next(o for o in index.outputs if o in after)
     ops = ", ".join(dict.fromkeys(n.op_type for n in after_nodes))
     reason = (f"output of the last global pooling ({pool.op_type}) before graph output {output!r}, "
               + (f"which it reaches through {ops} only" if ops else "which it is"))
@@ -139,22 +92,22 @@ def recommended_cut(model: onnx.ModelProto) -> dict[str, Any]:
         reason += (f"; skipped {len(gates)} squeeze-and-excitation poolings whose output is multiplied back "
                    f"into the feature map they pooled (e.g. {gates[-1].name or gates[-1].output[0]!r})")
     return {"tensor": pool.output[0], "node": pool.name, "op_type": pool.op_type,
-            "shape": shapes.get(pool.output[0]), "reason": reason}
+            "shape": index.shapes.get(pool.output[0]), "reason": reason}
 
 
 def _io(infos: Any) -> list[dict[str, Any]]:
     return [{"name": i.name, "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower(),
-             "shape": _shape(i)} for i in infos]
+             "shape": value_shape(i)} for i in infos]
 
 
 def summarize(model: onnx.ModelProto, *, changes: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Everything `ftonnx inspect` reports, JSON-serialisable; `changes` are what normalising did."""
-    shapes = tensor_shapes(model)
+    index = GraphIndex(model)
+    shapes = index.shapes
     meta = metadata.read(model)
-    float_inits = [t for t in model.graph.initializer if t.data_type in (
-        onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)]
+    float_inits = [t for t in model.graph.initializer if t.data_type in FLOAT_TYPES]
     try:
-        cut = recommended_cut(model)
+        cut = recommended_cut(model, index)
     except FtonnxError as exc:
         cut = {"tensor": None, "node": None, "op_type": None, "shape": None, "reason": str(exc)}
     return {

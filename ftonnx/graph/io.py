@@ -40,7 +40,7 @@ def check_model(model: onnx.ModelProto, what: str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError and others, depending on the check
-        raise FtonnxError(f"{what} fails onnx's checker: {str(exc).splitlines()[0]}") from None
+        raise FtonnxError(f"{what} fails onnx's checker: {first_line(exc)}") from None
 
 
 def check_output_path(path: str | os.PathLike) -> Path:

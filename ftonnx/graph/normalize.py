@@ -12,6 +12,14 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.index import (
+    DEFAULT_DOMAINS,
+    GraphIndex,
+    assign,
+    clone,
+    drop_unused_initializers,
+    is_onnx_op,
+)
 from ftonnx.graph.io import check_model
 
 TRAINING_MIN_OPSET = 12
@@ -22,7 +30,7 @@ _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUni
 def onnx_opset(model: onnx.ModelProto) -> int:
     """The default-domain opset version the model imports."""
     for op in model.opset_import:
-        if op.domain in ("", "ai.onnx"):
+        if op.domain in DEFAULT_DOMAINS:
             return op.version
     raise FtonnxError("model imports no default-domain (ai.onnx) opset")
 
@@ -32,15 +40,13 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     graph = model.graph
     kept, moved = [], 0
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
-            value = _constant_value(node)
-            if value is not None:
-                graph.initializer.append(value)
-                moved += 1
-                continue
-        kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
+        value = _constant_value(node) if is_onnx_op(node, "Constant") and len(node.attribute) == 1 else None
+        if value is None:
+            kept.append(node)
+        else:
+            graph.initializer.append(value)
+            moved += 1
+    assign(graph.node, kept)
     return moved
 
 
@@ -70,10 +76,14 @@ def inputs_backed_by_initializers(model: onnx.ModelProto) -> int:
     keep = [i for i in model.graph.input if i.name not in inits]
     dropped = len(model.graph.input) - len(keep)
     if dropped:
-        del model.graph.input[:]
-        model.graph.input.extend(keep)
+        assign(model.graph.input, keep)
         model.ir_version = max(model.ir_version, 4)
     return dropped
+
+
+def _foldable(node: onnx.NodeProto) -> bool:
+    return (is_onnx_op(node) and node.op_type not in _NOT_FOLDABLE
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute))
 
 
 def fold_constants(model: onnx.ModelProto) -> int:
@@ -82,49 +92,24 @@ def fold_constants(model: onnx.ModelProto) -> int:
     This removes exporters' shape arithmetic (the Shape-free chains that compute pads or reshape
     targets); returns the number of nodes folded.
     """
-    graph = model.graph
-    known = {t.name for t in graph.initializer} - {i.name for i in graph.input}
-    foldable = []
-    for node in graph.node:
-        if (node.op_type not in _NOT_FOLDABLE and node.domain in ("", "ai.onnx")
-                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                            for a in node.attribute)
-                and all(i == "" or i in known for i in node.input)):
-            foldable.append(node)
-            known.update(o for o in node.output if o)
+    index = GraphIndex(model)
+    foldable = index.computable(set(index.initializers) - {i.name for i in model.graph.input}, _foldable)
     if not foldable:
         return 0
-    folded_outputs = {o for n in foldable for o in n.output if o}
-    rest = [n for n in graph.node if n not in foldable]
-    needed = {i for n in rest for i in n.input} | {o.name for o in graph.output}
-    wanted = sorted(folded_outputs & needed)
-    inits = {t.name: t for t in graph.initializer}
-    used = {i for n in foldable for i in n.input if i in inits}
+    folded = {id(n) for n in foldable}
+    rest = [n for n in index.nodes if id(n) not in folded]
+    needed = {i for n in rest for i in n.input} | set(index.outputs)
+    wanted = sorted({o for n in foldable for o in n.output if o} & needed)
+    used = sorted({i for n in foldable for i in n.input if i in index.initializers})
     sub = helper.make_model(
         helper.make_graph(foldable, "fold", [], [helper.make_empty_tensor_value_info(n) for n in wanted],
-                          [inits[n] for n in used]),
+                          [index.initializers[n] for n in used]),
         opset_imports=list(model.opset_import), ir_version=model.ir_version)
     values = ReferenceEvaluator(sub).run(wanted, {})
-    del graph.node[:]
-    graph.node.extend(rest)
-    for name, value in zip(wanted, values):
-        graph.initializer.append(numpy_helper.from_array(value, name))
+    assign(model.graph.node, rest)
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in zip(wanted, values))
     drop_unused_initializers(model)
     return len(foldable)
-
-
-def drop_unused_initializers(model: onnx.ModelProto) -> int:
-    """Remove initializers that no node or output reads; returns the count."""
-    graph = model.graph
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    used |= {i for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
-             for sub in [a.g] for m in sub.node for i in m.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    dropped = len(graph.initializer) - len(keep)
-    if dropped:
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
-    return dropped
 
 
 def lift_opset(model: onnx.ModelProto, minimum: int = TRAINING_MIN_OPSET) -> onnx.ModelProto:
@@ -150,9 +135,7 @@ def lift_ir_version(model: onnx.ModelProto) -> int | None:
 def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Return the tidied model and one line per change made (empty when it was already tidy)."""
     changes: list[str] = []
-    model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(model)
-    model = model_copy
+    model = clone(model)
     if n := inputs_backed_by_initializers(model):
         changes.append(f"dropped {n} graph inputs that only declared initializers")
     if n := constants_to_initializers(model):

@@ -15,7 +15,8 @@ from typing import Callable
 import onnx
 
 from ftonnx.errors import FtonnxError
-from ftonnx.graph.inspect import format_shape, recommended_cut, tensor_shapes
+from ftonnx.graph.index import GraphIndex
+from ftonnx.graph.inspect import format_shape, recommended_cut
 
 _LOOSE = re.compile(r"[_\-/.:]")
 _MAX_LISTED = 12
@@ -74,12 +75,15 @@ def _suggest(model: onnx.ModelProto, spec: str) -> str:
     return f"no node or tensor matches {spec!r}{hint} (`ftonnx inspect MODEL` lists them all)"
 
 
-def resolve(model: onnx.ModelProto, spec: str, *, last: bool = False, index: int | None = None) -> str:
-    """The tensor SPEC names (`auto`: the recommended cut); `last` or `index` pick among several matches."""
+def resolve(model: onnx.ModelProto, spec: str, *, last: bool = False, index: int | None = None,
+            graph: GraphIndex | None = None) -> str:
+    """The tensor SPEC names (`auto`: the recommended cut); `last` or `index` pick among several matches.
+    `graph` is the model's index when the caller has one."""
     if last and index is not None:
         raise FtonnxError("give --last or --index, not both")
+    graph = graph or GraphIndex(model)
     if spec == "auto":
-        return recommended_cut(model)["tensor"]
+        return recommended_cut(model, graph)["tensor"]
     if not any(n.name == spec for n in model.graph.node):
         _check_not_input(model, spec, exact=True)
     found = _matches(model, spec)
@@ -95,7 +99,7 @@ def resolve(model: onnx.ModelProto, spec: str, *, last: bool = False, index: int
             raise FtonnxError(f"--index {index} is out of range: {spec!r} matches {len(found)} nodes "
                               f"(0..{len(found) - 1})")
         return found[index][1]
-    shapes = tensor_shapes(model)
+    shapes = graph.shapes
     listed = "; ".join(f"[{i}] {n.name or n.op_type} -> {t} {format_shape(shapes.get(t))}"
                        for i, (n, t) in enumerate(found[:_MAX_LISTED]))
     more = f"; ... {len(found) - _MAX_LISTED} more" if len(found) > _MAX_LISTED else ""

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Callable
 
 import onnx
-from onnx import shape_inference, utils
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.index import GraphIndex
 from ftonnx.graph.io import check_model
 
 
@@ -31,31 +31,29 @@ def boundary(model: onnx.ModelProto, trainable: list[str]) -> list[str]:
     Raises `NotPrefixError` (its message says why) when the trainable part reads a graph input
     directly or a graph output does not depend on any trainable parameter.
     """
-    graph = _inferred(model).graph
-    inits = {t.name for t in graph.initializer}
-    unknown = sorted(set(trainable) - inits)
+    index = GraphIndex(model)
+    unknown = sorted(set(trainable) - set(index.initializers))
     if unknown:
         raise FtonnxError(f"trainable parameters not in the model: {', '.join(unknown[:5])}")
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    suffix = _downstream(graph, {i for i, n in enumerate(graph.node) if set(n.input) & set(trainable)})
-    if not suffix:
+    readers = [n for n in index.nodes if set(n.input) & set(trainable)]
+    if not readers:
         raise FtonnxError("no node reads the trainable parameters; nothing to train")
-    for out in graph.output:
-        if producer.get(out.name) not in suffix:
-            raise NotPrefixError(f"not a prefix: output {out.name!r} does not depend on the trainable parameters")
-    inputs = {i.name for i in graph.input}
-    batched = _batched(graph)
+    suffix = {id(n): n for n in readers + index.downstream(o for n in readers for o in n.output)}
+    for out in index.outputs:
+        if id(index.producer(out)) not in suffix:
+            raise NotPrefixError(f"not a prefix: output {out!r} does not depend on the trainable parameters")
+    batched = _batched(index)
     while True:
-        crossing = {t for i in suffix for t in graph.node[i].input
-                    if t and t not in inits and producer.get(t) not in suffix}
-        if crossing & inputs:
-            node = next(graph.node[i] for i in sorted(suffix) if set(graph.node[i].input) & inputs)
+        crossing = {t for n in suffix.values() for t in n.input
+                    if t and t not in index.initializers and id(index.producer(t)) not in suffix}
+        if read := sorted(crossing & set(index.inputs)):
+            node = next(n for n in index.in_order(suffix.values()) if read[0] in n.input)
             raise NotPrefixError(f"not a prefix: node {node.name or node.output[0]!r} ({node.op_type}) of the "
-                                 f"trainable part reads graph input {sorted(crossing & inputs)[0]!r}")
-        shapes = {t for t in crossing if not batched(t)}
+                                 f"trainable part reads graph input {read[0]!r}")
+        shapes = [index.producer(t) for t in crossing if not batched(t)]
         if not shapes:
-            return sorted(crossing, key=lambda t: producer[t])
-        suffix |= {producer[t] for t in shapes}
+            return sorted(crossing, key=lambda t: index.position(index.producer(t)))
+        suffix.update((id(n), n) for n in shapes)
 
 
 def is_prefix(model: onnx.ModelProto, trainable: list[str]) -> bool:
@@ -73,27 +71,20 @@ def split(model: onnx.ModelProto, cut: list[str]) -> tuple[onnx.ModelProto, onnx
     Both keep the batch dimension dynamic and carry only the initializers they use. The suffix keeps
     all of the model's metadata and records `boundary`; the prefix keeps the preprocessing and source.
     """
-    inferred = _inferred(model)
-    known = {n for node in inferred.graph.node for n in node.output}
     if not cut:
         raise FtonnxError("the boundary is empty: no tensor to split at")
-    missing = [t for t in cut if t not in known]
+    index = GraphIndex(model)
+    missing = [t for t in cut if not index.is_computed(t)]
     if missing:
         raise FtonnxError(f"no tensor {missing[0]!r} is computed in the model")
-    outputs = [o.name for o in model.graph.output]
-    extractor = utils.Extractor(inferred)
-    prefix = extractor.extract_model([i.name for i in model.graph.input], list(cut))
-    suffix = extractor.extract_model(list(cut), outputs)
-    batch, batched = _batch_dim(inferred.graph), _batched(inferred.graph)
+    prefix = index.extract(index.inputs, list(cut))
+    suffix = index.extract(list(cut), index.outputs)
+    batch, batched = _batch_dim(index), _batched(index)
     for value in list(prefix.graph.output) + list(suffix.graph.input):
         dims = value.type.tensor_type.shape.dim
         if dims and batch is not None and batched(value.name):
             dims[0].CopyFrom(batch)  # keep the batch dynamic even where inference lost its name
     meta = metadata.read(model)
-    for part in (prefix, suffix):
-        part.ir_version = model.ir_version
-        part.producer_name, part.producer_version = model.producer_name, model.producer_version
-        part.graph.name = model.graph.name
     metadata.write(prefix, metadata.Meta(preprocess=meta.preprocess, source=meta.source,
                                          extra={"boundary": list(cut)}))
     metadata.copy(model, suffix)
@@ -103,38 +94,20 @@ def split(model: onnx.ModelProto, cut: list[str]) -> tuple[onnx.ModelProto, onnx
     return prefix, suffix
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with the shapes of its intermediate tensors (the split needs them as value_info)."""
-    try:
-        return shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:
-        raise FtonnxError(f"shape inference fails on the model: {str(exc).splitlines()[0]}") from None
-
-
-def _downstream(graph: onnx.GraphProto, start: set[int]) -> set[int]:
-    """`start` plus every node that reads, directly or not, an output of a node in it."""
-    seen = set(start)
-    produced = {o for i in start for o in graph.node[i].output if o}
-    for i, node in enumerate(graph.node):  # nodes are topologically sorted
-        if i not in seen and produced & set(node.input):
-            seen.add(i)
-            produced.update(o for o in node.output if o)
-    return seen
-
-
-def _batch_dim(graph: onnx.GraphProto) -> onnx.TensorShapeProto.Dimension | None:
+def _batch_dim(index: GraphIndex) -> onnx.TensorShapeProto.Dimension | None:
     """The first dimension of the first graph input: the batch, by the convention of image models."""
-    for value in graph.input:
+    for value in index.inferred.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims:
             return dims[0]
     return None
 
 
-def _batched(graph: onnx.GraphProto) -> Callable[[str], bool]:
+def _batched(index: GraphIndex) -> Callable[[str], bool]:
     """A predicate: may tensor `name` have one row per image? False only for tensors known not to:
     scalars, and tensors whose first dimension is fixed while the batch is not (or differs from it)."""
-    batch = _batch_dim(graph)
+    batch = _batch_dim(index)
+    graph = index.inferred.graph
     shapes = {v.name: v.type.tensor_type for v in list(graph.value_info) + list(graph.output)}
 
     def batched(name: str) -> bool:

@@ -6,7 +6,8 @@ import onnx
 from onnx import compose
 
 from ftonnx import metadata
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, first_line
+from ftonnx.graph.index import assign, clone
 
 _SUFFIX_PREFIX = "suffix/"
 
@@ -18,9 +19,7 @@ def stitch(prefix: onnx.ModelProto, suffix: onnx.ModelProto) -> onnx.ModelProto:
     two graphs share otherwise (e.g. a constant both halves read) are prefixed with ``suffix/`` in
     the suffix only, so the inputs and outputs keep their names.
     """
-    p, s = onnx.ModelProto(), onnx.ModelProto()
-    p.CopyFrom(prefix)
-    s.CopyFrom(suffix)
+    p, s = clone(prefix), clone(suffix)
     inits = {t.name for t in s.graph.initializer}
     cut = [i.name for i in s.graph.input if i.name not in inits]
     missing = sorted(set(cut) - {o.name for o in p.graph.output})
@@ -28,11 +27,10 @@ def stitch(prefix: onnx.ModelProto, suffix: onnx.ModelProto) -> onnx.ModelProto:
         raise FtonnxError(f"the suffix reads {missing[0]!r}, which the prefix does not output; "
                           "were they split from the same model?")
     io_map = [(name, name) for name in cut]
-    del p.metadata_props[:], s.metadata_props[:]
+    metadata.clear(p)
+    metadata.clear(s)
     p.ir_version = s.ir_version = max(p.ir_version, s.ir_version)
-    kept = [v for v in s.graph.value_info if v.name not in cut]
-    del s.graph.value_info[:]
-    s.graph.value_info.extend(kept)
+    assign(s.graph.value_info, [v for v in s.graph.value_info if v.name not in cut])
     outputs = {o.name for o in s.graph.output}
     clashes = {n for _, names in compose.check_overlapping_names(p.graph, s.graph, io_map) for n in names}
     rename = {n: _SUFFIX_PREFIX + n for n in clashes - set(cut) - outputs}
@@ -46,7 +44,7 @@ def stitch(prefix: onnx.ModelProto, suffix: onnx.ModelProto) -> onnx.ModelProto:
                                      producer_name=suffix.producer_name or prefix.producer_name,
                                      producer_version=suffix.producer_version or prefix.producer_version)
     except (ValueError, onnx.checker.ValidationError) as exc:
-        raise FtonnxError(f"cannot stitch prefix and suffix: {str(exc).splitlines()[0]}") from None
+        raise FtonnxError(f"cannot stitch prefix and suffix: {first_line(exc)}") from None
     _dedupe_opsets(model)
     model.doc_string = suffix.doc_string or prefix.doc_string
     metadata.copy(suffix, model)
@@ -62,5 +60,4 @@ def _dedupe_opsets(model: onnx.ModelProto) -> None:
     for op in model.opset_import:
         domain = "" if op.domain == "ai.onnx" else op.domain
         versions[domain] = max(versions.get(domain, 0), op.version)
-    del model.opset_import[:]
-    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
+    assign(model.opset_import, [onnx.helper.make_opsetid(d, v) for d, v in versions.items()])

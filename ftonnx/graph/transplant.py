@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from ftonnx.errors import FtonnxError
-
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+from ftonnx.graph.index import FLOAT_TYPES, clone
 
 
 @dataclass
@@ -33,14 +32,13 @@ def transplant(src: onnx.ModelProto, dst: onnx.ModelProto) -> tuple[onnx.ModelPr
 
     Raises FtonnxError when nothing matches (wrong pair of models, or names from different exporters).
     """
-    source = {t.name: t for t in src.graph.initializer if t.data_type in _FLOATS}
-    out = onnx.ModelProto()
-    out.CopyFrom(dst)
+    source = {t.name: t for t in src.graph.initializer if t.data_type in FLOAT_TYPES}
+    out = clone(dst)
     report = TransplantReport()
     targets = {t.name for t in out.graph.initializer}
     for tensor in out.graph.initializer:
         pretrained = source.get(tensor.name)
-        if pretrained is None or tensor.data_type not in _FLOATS:
+        if pretrained is None or tensor.data_type not in FLOAT_TYPES:
             continue
         if list(pretrained.dims) != list(tensor.dims) or pretrained.data_type != tensor.data_type:
             report.dropped.append((tensor.name, list(pretrained.dims), list(tensor.dims)))

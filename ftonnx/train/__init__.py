@@ -1,1 +1,1 @@
-"""Training stage: data sets and loading, parameter freezing, ORT training artifacts, the loop, evaluation."""
+"""Training stage: options, the run folder, freeze policies, ORT training artifacts, the loop, the activation cache."""

@@ -1,10 +1,10 @@
 """ONNX Runtime training artifacts (training, eval and optimizer graphs, initial checkpoint) for a model.
 
-The forward graph is first made trainable (opset lifted to 12, BatchNormalization frozen, Dropout
-fed with masks, see `ftonnx.train.prepare`; ops ORT 1.19.2 cannot differentiate rewritten, see
-`ftonnx.graph.rewrite`). The loss is cross-entropy on `logits`, and the eval
-graph also outputs `logits` so that validation gets predictions. `ftonnx.json` in the folder,
-written last, records what the artifacts were built with; its presence marks them complete.
+The forward graph is first made trainable (opset lifted to 12, then `ftonnx.graph.trainable`:
+BatchNormalization frozen, Dropout fed with masks, ops ORT 1.19.2 cannot differentiate rewritten).
+The loss is cross-entropy on `logits`, and the eval graph also outputs `logits` so that validation
+gets predictions. `ftonnx.json` in the folder, written last, records what the artifacts were built
+with; its presence marks them complete.
 """
 
 from __future__ import annotations
@@ -19,14 +19,35 @@ from pathlib import Path
 import onnx
 
 from ftonnx.errors import FtonnxError
-from ftonnx.graph.normalize import drop_unused_initializers, lift_opset
-from ftonnx.graph.rewrite import make_trainable
+from ftonnx.graph.index import prune
+from ftonnx.graph.normalize import lift_opset
+from ftonnx.graph.trainable import make_trainable
+from ftonnx.train.config import OPTIMIZERS
 from ftonnx.train.freeze import parameter_names
-from ftonnx.train.prepare import dropout_masks, freeze_batchnorm
 
-OPTIMIZERS = ("adamw", "sgd")
-MANIFEST = "ftonnx.json"
 LOGITS = "logits"
+
+
+class Artifacts:
+    """The files of one artifacts folder, named as ONNX Runtime's generate_artifacts names them, and
+    ftonnx's manifest beside them."""
+
+    training_model: Path
+    eval_model: Path
+    optimizer_model: Path
+    checkpoint: Path
+    manifest_path: Path
+    _FILES = {"training_model": "training_model.onnx", "eval_model": "eval_model.onnx",
+              "optimizer_model": "optimizer_model.onnx", "checkpoint": "checkpoint", "manifest_path": "ftonnx.json"}
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        for attribute, name in self._FILES.items():
+            setattr(self, attribute, self.folder / name)
+
+    def manifest(self) -> dict | None:
+        """What the artifacts were built with, or None when they are absent or incomplete."""
+        return json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else None
 
 
 @contextlib.contextmanager
@@ -57,36 +78,9 @@ def _optimizer_block(optimizer: str, weight_decay: float):
     return onnxblock.optim.AdamW(weight_decay=weight_decay)
 
 
-def _logits_only(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose one output is `logits` (the loss takes every output), without the nodes it does not need."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    graph = result.graph
-    needed, kept = {LOGITS}, []
-    for node in reversed(graph.node):
-        if needed.intersection(node.output):
-            needed.update(node.input)
-            kept.append(node)
-    outputs = [o for o in graph.output if o.name == LOGITS]
-    del graph.output[:], graph.node[:]
-    graph.output.extend(outputs)
-    graph.node.extend(reversed(kept))
-    drop_unused_initializers(result)
-    return result
-
-
-def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    """What the artifacts in `out_dir` were built with, or None when they are absent or incomplete."""
-    path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str | os.PathLike, *,
-                    optimizer: str = "adamw", weight_decay: float = 0.0) -> Path:
+                    optimizer: str = "adamw", weight_decay: float = 0.0) -> Artifacts:
     """Write the training artifacts of `model` (parameters `trainable` train, the others stay) to `out_dir`."""
-    from onnxruntime.training import artifacts
-
-    out_dir = Path(out_dir)
     names = parameter_names(model)
     unknown = sorted(set(trainable) - set(names))
     if unknown:
@@ -94,27 +88,33 @@ def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str |
     if LOGITS not in [o.name for o in model.graph.output]:
         raise FtonnxError(f"the model has no output {LOGITS!r}; add a head first (ftonnx head or ftonnx finetune)")
     block = _optimizer_block(optimizer, weight_decay)
-    forward = _logits_only(lift_opset(model))
-    freeze_batchnorm(forward)
-    forward, _ = make_trainable(forward)
-    masks = dropout_masks(forward)
+    forward = make_trainable(prune(lift_opset(model), [LOGITS]))  # the loss takes every output: logits only
     frozen = [n for n in names if n not in set(trainable)]
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        with _quiet_native_stderr():
-            artifacts.generate_artifacts(forward, requires_grad=list(trainable), frozen_params=frozen,
-                                         loss=artifacts.LossType.CrossEntropyLoss, optimizer=block,
-                                         artifact_directory=tmp, additional_output_names=[LOGITS])
+        _generate(forward.model, list(trainable), frozen, block, tmp)
         manifest = {"trainable": list(trainable), "frozen": frozen, "optimizer": optimizer,
-                    "weight_decay": weight_decay, "dropout": masks}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+                    "weight_decay": weight_decay, "dropout": forward.masks}
+        Artifacts(tmp).manifest_path.write_text(json.dumps(manifest, indent=1))
         tmp.chmod(0o755)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Artifacts(out_dir)
+
+
+def _generate(forward: onnx.ModelProto, trainable: list[str], frozen: list[str], block, folder: Path) -> None:
+    """ORT's generate_artifacts into `folder`, its failures one FtonnxError line."""
+    from onnxruntime.training import artifacts
+
+    try:
+        with _quiet_native_stderr():
+            artifacts.generate_artifacts(forward, requires_grad=trainable, frozen_params=frozen,
+                                         loss=artifacts.LossType.CrossEntropyLoss, optimizer=block,
+                                         artifact_directory=folder, additional_output_names=[LOGITS])
     except Exception as exc:  # ORT and onnx raise RuntimeError, InferenceError, ValidationError...
         raise FtonnxError(f"ONNX Runtime cannot build training graphs for this model: "
                           f"{str(exc).strip().splitlines()[-1]}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir

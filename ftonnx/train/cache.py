@@ -9,24 +9,24 @@ the suffix from memory, or from memory-mapped files when the activations exceed 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from ftonnx import metadata
+from ftonnx.data import Dataset, Loader
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.index import GraphIndex
 from ftonnx.graph.io import load_model
 from ftonnx.graph.split import NotPrefixError, boundary
 from ftonnx.metadata import Preprocess
-from ftonnx.train.data import Dataset, Loader
+from ftonnx.runtime import image_input, inference_session, providers
 
 
 def default_mem_limit() -> int:
@@ -36,17 +36,6 @@ def default_mem_limit() -> int:
     except (ValueError, OSError, AttributeError):
         return 2 << 30
     return min(2 << 30, ram // 4)
-
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from a size such as "512M", "2G", "1.5GiB" or "100000" (binary units), for --cache-mem."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if match is None or float(match[1]) * _UNITS[match[2].lower()] < 1:
-        raise FtonnxError(f"--cache-mem {text!r}: give a size such as 512M or 2G, or a number of bytes")
-    return int(float(match[1]) * _UNITS[match[2].lower()])
 
 
 def plan(model: onnx.ModelProto, trainable: list[str], *, enabled: bool = True, augment: bool = False,
@@ -127,15 +116,15 @@ class ActivationCache:
     def build(cls, prefix: onnx.ModelProto | str | os.PathLike, dataset: Dataset,
               preprocess: Preprocess | None = None, *, batch_size: int = 64, views: int = 1,
               augment: bool = False, seed: int = 0, mem_limit: int | None = None,
-              spill_dir: str | os.PathLike | None = None,
+              spill_dir: str | os.PathLike | None = None, device: str = "cpu",
               progress: Callable[[int], None] | None = None) -> "ActivationCache":
         """Run `prefix` once over every image of `dataset` (`views` times, augmented, with `views > 1`).
 
         `preprocess` defaults to the prefix's metadata. View v is the Loader's epoch v (with
         `augment`, image i of view v is drawn with the generator seeded by (seed, v, i)). Tensors
         are kept in memory, in output order, while their total fits in `mem_limit` bytes (default
-        `default_mem_limit()`); the rest go to .npy memory maps in `spill_dir`. `progress(k)` is
-        called after each batch with the k images it added (tqdm's `update` fits).
+        `default_mem_limit()`); the rest go to .npy memory maps in `spill_dir`. The prefix runs on
+        `device`. `progress(k)` is called after each batch with the k images it added (tqdm's `update` fits).
         """
         if views < 1:
             raise FtonnxError(f"--cache-views must be at least 1, not {views}")
@@ -145,7 +134,7 @@ class ActivationCache:
         preprocess = preprocess or metadata.read(model).preprocess
         if preprocess is None:
             raise FtonnxError("the prefix model has no preprocessing in its metadata; pass one")
-        session = _session(model)
+        session = _session(model, device)
         loader = Loader(dataset, preprocess, batch_size=batch_size, augment=augment or views > 1, seed=seed)
         total = len(dataset.samples) * views
         writer = _Writer(total, mem_limit if mem_limit is not None else default_mem_limit(), spill_dir)
@@ -157,16 +146,16 @@ class ActivationCache:
         return cls(writer.arrays(), labels, views, writer.files)
 
 
-def _fill(session: ort.InferenceSession, loader: Loader, views: int, writer: "_Writer",
+def _fill(session: Any, loader: Loader, views: int, writer: "_Writer",
           progress: Callable[[int], None] | None) -> np.ndarray:
     """Run the prefix over `views` epochs of `loader` into `writer`; the labels of one view."""
-    image_input = session.get_inputs()[0].name
+    name, _ = image_input(session)
     outputs = [o.name for o in session.get_outputs()]
     labels = None
     for v in range(views):
         seen: list[np.ndarray] = []
         for x, y in loader.epoch(v):
-            writer.write(dict(zip(outputs, session.run(outputs, {image_input: x}))))
+            writer.write(dict(zip(outputs, session.run(outputs, {name: x}))))
             seen.append(y)
             if progress is not None:
                 progress(len(y))
@@ -232,21 +221,12 @@ class _Writer:
         self.store = {name: self.store[name] for name in batch}  # keep the prefix's output order
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """An inference session using every core with all graph optimizations: the forward is the heavy work.
-
-    Its threads sleep rather than spin between operators, leaving the cores to the Loader's decoding
-    threads meanwhile (measured: the cache builds about a quarter faster on 2 cores).
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+def _session(model: onnx.ModelProto, device: str) -> Any:
+    """A throughput session on `device` for a prefix with one image input: the forward is the heavy work."""
+    inputs = GraphIndex(model).inputs
     if len(inputs) != 1:
         raise FtonnxError(f"the prefix must have one image input to cache its activations, not {len(inputs)}")
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    return inference_session(model, providers=providers(device), throughput=True)
 
 
 def _remove(files: list[Path]) -> None:

@@ -12,8 +12,9 @@ import onnx
 
 from ftonnx import metadata
 from ftonnx.errors import FtonnxError
-
-POLICIES = ("backbone", "none", "until:SPEC")
+from ftonnx.graph.index import GraphIndex, is_onnx_op
+from ftonnx.graph.select import resolve
+from ftonnx.train.config import FREEZE_POLICIES
 
 # op type -> the input positions that hold trainable parameters
 _POSITIONS: dict[str, tuple[int, ...]] = {
@@ -24,30 +25,27 @@ _POSITIONS: dict[str, tuple[int, ...]] = {
 _BIAS_AFTER = {"MatMul", "Gemm", "Conv"}
 
 
-def parameter_names(model: onnx.ModelProto) -> list[str]:
+def parameter_names(model: onnx.ModelProto, index: GraphIndex | None = None) -> list[str]:
     """The float32 initializers in trainable positions, in initializer order."""
-    graph = model.graph
-    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    producer = {out: node.op_type for node in graph.node for out in node.output}
+    index = index or GraphIndex(model)
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     found: set[str] = set()
-    for node in graph.node:
-        if node.domain not in ("", "ai.onnx"):
+    for node in index.nodes:
+        if not is_onnx_op(node):
             continue
         positions = _POSITIONS.get(node.op_type, ())
-        if node.op_type == "Add" and any(producer.get(i) in _BIAS_AFTER for i in node.input):
+        producers = [index.producer(i) for i in node.input]
+        if node.op_type == "Add" and any(p is not None and p.op_type in _BIAS_AFTER for p in producers):
             positions = tuple(range(len(node.input)))
         found.update(node.input[i] for i in positions if i < len(node.input) and node.input[i] in floats)
-    return [t.name for t in graph.initializer if t.name in found]
+    return [t.name for t in model.graph.initializer if t.name in found]
 
 
 def downstream_parameters(model: onnx.ModelProto, tensor: str) -> list[str]:
-    """The parameters read by nodes that depend on `tensor` (nodes are in topological order)."""
-    reached, params = {tensor}, set()
-    for node in model.graph.node:
-        if reached.intersection(node.input):
-            reached.update(node.output)
-            params.update(node.input)
-    return [p for p in parameter_names(model) if p in params]
+    """The parameters read by nodes that depend on `tensor`."""
+    index = GraphIndex(model)
+    read = {i for node in index.downstream([tensor]) for i in node.input}
+    return [p for p in parameter_names(model, index) if p in read]
 
 
 def trainable_parameters(model: onnx.ModelProto, policy: str) -> list[str]:
@@ -61,11 +59,9 @@ def trainable_parameters(model: onnx.ModelProto, policy: str) -> list[str]:
                               "metadata); use --freeze none or --freeze until:SPEC")
         names = [p for p in parameter_names(model) if p in head]
     elif policy.startswith("until:") and policy[len("until:"):].strip():
-        from ftonnx.graph.select import resolve
-
         names = downstream_parameters(model, resolve(model, policy[len("until:"):].strip()))
     else:
-        raise FtonnxError(f"unknown freeze policy {policy!r}; use one of {', '.join(POLICIES)}")
+        raise FtonnxError(f"unknown freeze policy {policy!r}; use one of {', '.join(FREEZE_POLICIES)}")
     if not names:
         raise FtonnxError(f"--freeze {policy} leaves no parameter to train; freeze less "
                           f"(e.g. --freeze until: an earlier node, or --freeze none)")

@@ -12,18 +12,17 @@ import multiprocessing
 import os
 import re
 import signal
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ftonnx.errors import FtonnxError
+from ftonnx.train.artifacts import Artifacts
 
 # gradient op -> why its forward node is the likely culprit of a native crash
-_KNOWN_CRASHERS = {
-    "MaxPoolGrad": "its gradient kernel reads a static output shape and crashes on dynamic height/width; fix the input height and width",
-    "AveragePoolGrad": "its gradient kernel reads a static output shape and crashes on dynamic height/width; fix the input height and width",
-}
+_POOL_GRAD = ("its gradient kernel reads a static output shape and crashes on dynamic height/width; "
+              "fix the input height and width")
+_KNOWN_CRASHERS = {"MaxPoolGrad": _POOL_GRAD, "AveragePoolGrad": _POOL_GRAD}
 
 # Gradient ops that ftonnx's own tests train through in-process on ORT 1.19.2 (Gemm, Clip, Mul and
 # the like backpropagate through plain ops, not *Grad ones). A training graph with any other gets
@@ -31,26 +30,20 @@ _KNOWN_CRASHERS = {
 _VETTED_GRADS = {"ConvGrad", "ReluGrad", "SliceGrad", "SoftmaxCrossEntropyLossGrad"}
 
 
-def needs_probe(training_model: str | os.PathLike) -> bool:
+def needs_probe(artifacts: Artifacts) -> bool:
     """Whether the training graph has gradient ops not known to run safely in-process."""
-    graph = onnx.load(str(training_model), load_external_data=False).graph
+    graph = onnx.load(str(artifacts.training_model), load_external_data=False).graph
     return any(n.op_type.endswith("Grad") and n.op_type not in _VETTED_GRADS for n in graph.node)
 
 
-def _step(artifact_dir: str, batch: dict[str, np.ndarray], labels: np.ndarray, conn) -> None:
+def _step(folder: str, batch: dict[str, np.ndarray], labels: np.ndarray, conn) -> None:
     """Child: one forward/backward pass and one optimizer step; sends back None or an error line."""
     try:
-        from onnxruntime.training.api import CheckpointState, Module, Optimizer
+        from ftonnx.train.session import TrainingSession
 
-        root = Path(artifact_dir)
-        state = CheckpointState.load_checkpoint(str(root / "checkpoint"))
-        eval_model = root / "eval_model.onnx"
-        module = Module(str(root / "training_model.onnx"), state, str(eval_model) if eval_model.exists() else None)
-        module.train()
-        feeds = [batch[name] if name in batch else labels for name in module.input_names()]
-        module(*feeds)
-        if (root / "optimizer_model.onnx").exists():
-            Optimizer(str(root / "optimizer_model.onnx"), module).step()
+        artifacts = Artifacts(folder)
+        session = TrainingSession(artifacts, artifacts.checkpoint)
+        session.step(batch, labels, 1e-3, np.random.default_rng(0))
         conn.send(None)
     except Exception as exc:  # reported to the parent as one line, without ORT's source-location prefix
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
@@ -67,11 +60,11 @@ def _receive(conn) -> str | None:
         conn.close()
 
 
-def likely_culprits(training_model: str | os.PathLike) -> list[str]:
+def likely_culprits(artifacts: Artifacts) -> list[str]:
     """Forward nodes (name and op) whose gradient ops in the training graph are known to crash natively."""
-    if not Path(training_model).exists():
+    if not artifacts.training_model.exists():
         return []
-    graph = onnx.load(str(training_model), load_external_data=False).graph
+    graph = onnx.load(str(artifacts.training_model), load_external_data=False).graph
     found = []
     for node in graph.node:
         if node.op_type in _KNOWN_CRASHERS:
@@ -80,16 +73,17 @@ def likely_culprits(training_model: str | os.PathLike) -> list[str]:
     return found
 
 
-def check_training_step(artifact_dir: str | os.PathLike, batch: dict[str, np.ndarray], labels: np.ndarray,
+def check_training_step(artifacts: Artifacts | str | os.PathLike, batch: dict[str, np.ndarray], labels: np.ndarray,
                         *, timeout: float = 600.0) -> None:
     """Run one training step on `batch` (input name -> array) and `labels` in a child process.
 
     Returns quietly when it works; raises FtonnxError naming the likely node when the runtime
     crashes natively, fails, or hangs past `timeout` seconds.
     """
+    artifacts = artifacts if isinstance(artifacts, Artifacts) else Artifacts(artifacts)
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_step, args=(str(artifact_dir), batch, labels, send), daemon=True)
+    child = ctx.Process(target=_step, args=(str(artifacts.folder), batch, labels, send), daemon=True)
     child.start()
     send.close()
     child.join(timeout)
@@ -100,7 +94,7 @@ def check_training_step(artifact_dir: str | os.PathLike, batch: dict[str, np.nda
     message = _receive(receive)
     if child.exitcode == 0 and message is None:
         return
-    culprits = likely_culprits(Path(artifact_dir) / "training_model.onnx")
+    culprits = likely_culprits(artifacts)
     if child.exitcode is not None and child.exitcode < 0:
         name = signal.Signals(-child.exitcode).name
         where = ("likely node: " + "; ".join(culprits)) if culprits else \

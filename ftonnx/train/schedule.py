@@ -1,8 +1,6 @@
 """Learning-rate schedules, evaluated per step: linear warmup, then cosine decay or a constant rate.
 
-Warmup eases the first updates of a pretrained network; by default it lasts one epoch when there
-is more than one epoch (`default_warmup_epochs`), none for a single-epoch run. Cosine decay ends
-near zero at the last step.
+Warmup eases the first updates of a pretrained network; cosine decay ends near zero at the last step.
 """
 
 from __future__ import annotations
@@ -12,18 +10,6 @@ import math
 from ftonnx.errors import FtonnxError
 
 SCHEDULES = ("cosine", "constant")
-
-
-def default_lr(backbone_trains: bool, optimizer: str = "adamw") -> float:
-    """AdamW: 1e-3 when only the head trains, 1e-4 when pretrained backbone weights train too (so that
-    the first updates do not wreck the features the head relies on); SGD: ten times those."""
-    lr = 1e-4 if backbone_trains else 1e-3
-    return lr * 10 if optimizer == "sgd" else lr
-
-
-def default_warmup_epochs(epochs: int) -> int:
-    """One warmup epoch when the run has several, none for a single epoch."""
-    return 1 if epochs > 1 else 0
 
 
 def learning_rate(step: int, *, base_lr: float, total_steps: int, warmup_steps: int = 0,

@@ -1,32 +1,22 @@
-"""Image classification data sets: find the samples (ImageFolder or MNN list files) and load them
-in batches, decoding ahead of the consumer in a thread pool.
+"""Image classification data sets: find the samples (ImageFolder or MNN list files), check them, split
+off a validation set, and compare a data set's classes with a model's labels.
 
-Everything is deterministic: class order (sorted folder names; integer labels numerically), the
-validation split (seeded, stratified per class), shuffling per (seed, epoch) and augmentation per
-(seed, epoch, sample), whatever the number of threads.
+Everything is deterministic: class order (sorted folder names; integer labels numerically) and the
+validation split (seeded, stratified per class).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
+from ftonnx.data.images import DECODE_ERRORS
 from ftonnx.errors import FtonnxError, first_line
-from ftonnx.metadata import Preprocess
-from ftonnx.train.images import DECODE_ERRORS, load_image
-
-__all__ = ["Dataset", "discover", "load_image", "Loader"]
-
-log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -210,78 +200,24 @@ def _split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     return (Dataset(train, dataset.classes, dataset.skipped), Dataset(val, dataset.classes, []))
 
 
-class Loader:
-    """Batches (x float32, y int64) of a Dataset, decoded ahead of the consumer by a thread pool.
+def check_classes(labels: list[str], classes: list[str], *, hint: str = "") -> None:
+    """Raise FtonnxError saying how a model's labels and a data set's classes differ, if they do;
+    `hint` (e.g. what to do instead) ends the message."""
+    labels, classes = list(labels), list(classes)
+    if labels != classes:
+        raise FtonnxError(_class_mismatch(labels, classes) + (f"; {hint}" if hint else ""))
 
-    Order, shuffling and augmentation depend only on (seed, epoch), never on thread scheduling.
-    An image that fails to decode is left out of its batch and reported once.
-    """
 
-    def __init__(self, dataset: Dataset, preprocess: Preprocess, *, batch_size: int, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, workers: int | None = None, drop_last: bool = False,
-                 prefetch: int = 2, draft: bool = True) -> None:
-        if batch_size < 1:
-            raise FtonnxError(f"batch size must be at least 1, not {batch_size}")
-        self.dataset, self.preprocess = dataset, preprocess
-        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
-        self.workers = max(1, workers or os.cpu_count() or 1)
-        self.drop_last, self.prefetch, self.draft = drop_last, max(1, prefetch), draft
-        self.failed: dict[str, str] = {}
-
-    def __len__(self) -> int:
-        n = len(self.dataset.samples)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        n = len(self.dataset.samples)
-        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-
-    def _decode_into(self, out: np.ndarray, slot: int, index: int, epoch: int) -> str | None:
-        """Decode sample `index` into out[slot]; the reason when it cannot be decoded."""
-        path = self.dataset.samples[index][0]
-        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
-        try:
-            out[slot] = load_image(path, self.preprocess, augment=self.augment, rng=rng, draft=self.draft)
-        except DECODE_ERRORS as exc:
-            return first_line(exc)
-        return None
-
-    def _submit(self, pool: ThreadPoolExecutor, indices: np.ndarray, epoch: int):
-        """Start decoding one batch; returns its buffer, labels, sample indices and futures."""
-        h, w = self.preprocess.size
-        shape = (len(indices), 3, h, w) if self.preprocess.layout == "NCHW" else (len(indices), h, w, 3)
-        x = np.empty(shape, np.float32)
-        y = np.array([self.dataset.samples[i][1] for i in indices], np.int64)
-        futures = [pool.submit(self._decode_into, x, slot, int(i), epoch) for slot, i in enumerate(indices)]
-        return x, y, indices, futures
-
-    def _collect(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
-                 futures: list[Future]) -> tuple[np.ndarray, np.ndarray]:
-        """Wait for one batch; drop (and report once) the images that failed."""
-        reasons = [f.result() for f in futures]
-        keep = [slot for slot, reason in enumerate(reasons) if reason is None]
-        for slot, reason in enumerate(reasons):
-            path = self.dataset.samples[int(indices[slot])][0]
-            if reason is not None and path not in self.failed:
-                self.failed[path] = reason
-                log.warning("skipping %s: %s", path, reason)
-        return (x, y) if len(keep) == len(y) else (x[keep], y[keep])
-
-    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The batches of epoch `epoch`, in order, with up to `prefetch` more batches decoding ahead."""
-        order = self._order(epoch)
-        batches = (order[s:s + self.batch_size] for s in range(0, len(self) * self.batch_size, self.batch_size))
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="ftonnx-decode") as pool:
-            pending = deque(self._submit(pool, b, epoch) for b in itertools.islice(batches, self.prefetch + 1))
-            try:
-                while pending:
-                    x, y = self._collect(*pending.popleft())
-                    following = next(batches, None)
-                    if following is not None:
-                        pending.append(self._submit(pool, following, epoch))
-                    if len(y):
-                        yield x, y
-            finally:
-                for *_, futures in pending:
-                    for f in futures:
-                        f.cancel()
+def _class_mismatch(labels: list[str], classes: list[str]) -> str:
+    """Say how the model's labels and the data set's classes differ."""
+    only_model = [c for c in labels if c not in classes]
+    only_data = [c for c in classes if c not in labels]
+    if not only_model and not only_data:
+        return (f"the data set's classes are the model's labels in another order (model: {', '.join(labels[:10])}; "
+                f"data: {', '.join(classes[:10])})")
+    parts = []
+    if only_model:
+        parts.append(f"only the model has {', '.join(only_model[:10])}" + (" ..." if len(only_model) > 10 else ""))
+    if only_data:
+        parts.append(f"only the data has {', '.join(only_data[:10])}" + (" ..." if len(only_data) > 10 else ""))
+    return f"the data set's classes differ from the model's labels: {'; '.join(parts)}"

@@ -1,0 +1,134 @@
+"""Options and parameter types the commands share; bad values fail while parsing, as one line and exit 2.
+
+Imports stay light here (click only): every command's start-up pays for what this module imports.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import click
+
+EXPORT_VARIANTS = ("int8", "fp16", "ort", "on-device")
+
+
+class Size(click.ParamType):
+    """Bytes from a size such as "512M", "2G", "1.5GiB" or "100000" (binary units)."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+        if match is None or float(match[1]) * self._UNITS[match[2].lower()] < 1:
+            self.fail(f"{value!r} is not a size; give one such as 512M or 2G, or a number of bytes", param, ctx)
+        return int(float(match[1]) * self._UNITS[match[2].lower()])
+
+
+class FreezePolicy(click.ParamType):
+    """backbone, none, or until:SPEC with a non-empty SPEC (which node SPEC names is checked on the model)."""
+
+    name = "backbone|none|until:SPEC"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if text in ("backbone", "none") or (text.startswith("until:") and text[len("until:"):].strip()):
+            return text
+        self.fail(f"{text!r}: use backbone, none or until:SPEC (SPEC names a node)", param, ctx)
+
+
+class CommaList(click.ParamType):
+    """A comma-separated list; with `choices`, each item must be one of them."""
+
+    name = "A,B,..."
+
+    def __init__(self, choices: tuple[str, ...] | None = None) -> None:
+        self.choices = choices
+        if choices:
+            self.name = ",".join(choices)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        unknown = [v for v in items if self.choices and v not in self.choices]
+        if unknown:
+            self.fail(f"{unknown[0]!r} is not one of {', '.join(self.choices)}", param, ctx)
+        return items
+
+
+def train_options(f: Callable) -> Callable:
+    """The data and training options `train` and `finetune` share."""
+    options = [
+        click.option("--data", required=True, type=click.Path(file_okay=False),
+                     help="Image folder: train/ and val/ with one folder per class, or one folder per class "
+                          "(with --val or --val-split), or the image root of --list."),
+        click.option("--out", "run_dir", required=True, type=click.Path(),
+                     help="Run folder: model.onnx, metrics.jsonl, config.json, checkpoints/."),
+        click.option("--val", type=click.Path(file_okay=False), help="Validation images, one folder per class."),
+        click.option("--val-split", type=float, help="Hold out this fraction of each class for validation (seeded)."),
+        click.option("--list", "list_file", type=click.Path(dir_okay=False),
+                     help="List file of 'relative/path label' lines (MNN's layout), paths relative to --data."),
+        click.option("--val-list", type=click.Path(dir_okay=False),
+                     help="Validation list file, paths relative to --val or --data."),
+        click.option("--epochs", default=5, type=click.IntRange(min=1), help="Passes over the training images."),
+        click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+                     help="Peak learning rate [default: adamw 1e-3 when only the head trains, 1e-4 when the "
+                          "backbone trains too; sgd ten times that]."),
+        click.option("--optimizer", default="adamw", type=click.Choice(["adamw", "sgd"]), help="Optimizer."),
+        click.option("--weight-decay", type=click.FloatRange(min=0),
+                     help="AdamW's decoupled weight decay; ORT's SGD has none [default: 1e-4 with adamw]."),
+        click.option("--schedule", default="cosine", type=click.Choice(["cosine", "constant"]),
+                     help="Learning rate after the warmup."),
+        click.option("--warmup-epochs", type=click.IntRange(min=0),
+                     help="Epochs of linear warmup [default: 1 when --epochs > 1, else 0]."),
+        click.option("--freeze", default="backbone", type=FreezePolicy(),
+                     help="What stays fixed: the backbone (only head.* trains), none (full finetune), or "
+                          "everything up to node SPEC (the parameters after it train)."),
+        click.option("--augment/--no-augment", default=None,
+                     help="Random resized crop and flip [default: on when a backbone parameter trains]."),
+        click.option("--no-cache", is_flag=True,
+                     help="Train through the whole graph even when the frozen part is a prefix (by default its "
+                          "activations are computed once per image and the rest trains on them)."),
+        click.option("--cache-mem", type=Size(),
+                     help="Activations kept in memory, e.g. 512M or 2G; the rest spill to RUN/cache "
+                          "[default: 2G or a quarter of the RAM, whichever is less]."),
+        click.option("--cache-views", default=1, type=click.IntRange(min=1),
+                     help="Cache K randomly augmented views of each training image (one drawn per epoch); "
+                          "K > 1 turns augmentation on."),
+        click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]),
+                     help="cuda needs the CUDA build: pip install 'ftonnx[cuda]'."),
+        click.option("--seed", default=0, type=int, help="Seed of data order, augmentation, split and head."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the run in --out from its last checkpoint, with the options it started with."),
+        click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(data_args, TrainConfig) from the shared options."""
+    from ftonnx.pipeline import data_args
+    from ftonnx.train.config import TrainConfig
+
+    args = data_args(opts["data"], val=opts["val"], val_split=opts["val_split"], list_file=opts["list_file"],
+                     val_list=opts["val_list"], seed=opts["seed"], strict=opts["strict"])
+    config = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
+                         optimizer=opts["optimizer"], weight_decay=opts["weight_decay"], schedule=opts["schedule"],
+                         warmup_epochs=opts["warmup_epochs"], freeze=opts["freeze"], augment=opts["augment"],
+                         device=opts["device"], seed=opts["seed"], resume=opts["resume"], no_cache=opts["no_cache"],
+                         cache_mem=opts["cache_mem"], cache_views=opts["cache_views"])
+    return args, config
+
+
+def echo_result(result: Any) -> None:
+    """The last lines of a run: its best val top-1 and where the model is."""
+    best = result.best
+    click.echo(f"val top-1 {best['val_top1']:.4f} (epoch {best['epoch']}, val loss {best['val_loss']:.4f})")
+    click.echo(f"model: {result.model_path}")

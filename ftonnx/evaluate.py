@@ -1,0 +1,141 @@
+"""Evaluate a classifier on a Dataset, and predict classes for single images, with ONNX Runtime.
+
+Works on .onnx and .ort files and on in-memory models; labels and preprocessing come from the
+model's metadata (which ORT format keeps), so a finetuned model needs nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from ftonnx import metadata
+from ftonnx.data import Dataset, Loader, check_classes
+from ftonnx.data.images import DECODE_ERRORS, load_image
+from ftonnx.errors import FtonnxError, first_line
+from ftonnx.metadata import Preprocess
+from ftonnx.runtime import image_input, inference_session, session_metadata
+
+
+def _session(model: str | os.PathLike | onnx.ModelProto,
+             providers: Sequence[str] | None = None) -> tuple[Any, metadata.Meta]:
+    """An InferenceSession for `model` (CPU unless `providers` says otherwise) and its ftonnx metadata."""
+    sess = inference_session(model, providers=providers)
+    return sess, session_metadata(sess)
+
+
+def _output(sess: Any, output: str) -> str:
+    names = [o.name for o in sess.get_outputs()]
+    if output not in names:
+        raise FtonnxError(f"the model has no output {output!r}; its outputs: {', '.join(names)}")
+    return output
+
+
+def _preprocess(given: Preprocess | None, meta: metadata.Meta) -> Preprocess:
+    if given is not None:
+        return given
+    if meta.preprocess is None:
+        raise FtonnxError("the model's metadata has no preprocessing; pass it explicitly")
+    return meta.preprocess
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *, preprocess: Preprocess | None = None,
+             batch_size: int = 32, output: str = "logits", labels: list[str] | None = None,
+             providers: Sequence[str] | None = None) -> dict[str, Any]:
+    """Loss (mean cross entropy), top1, top5 (>= 5 classes), per-class accuracy (None for a class with no
+    images) and the confusion matrix [true][pred] of `model` on `dataset`, whose classes must be the model's
+    labels. `output` holds logits, or probabilities when it is named `probabilities`."""
+    sess, meta = _session(model, providers)
+    labels = labels or meta.labels
+    if not labels:
+        raise FtonnxError("the model's metadata has no class labels; pass them explicitly")
+    check_classes(labels, dataset.classes)
+    name, dtype = image_input(sess)
+    out = _output(sess, output)
+    tally = _Tally(len(labels))
+    for x, y in Loader(dataset, _preprocess(preprocess, meta), batch_size=batch_size).epoch(0):
+        scores = np.asarray(sess.run([out], {name: x.astype(dtype, copy=False)})[0], np.float64)
+        if scores.ndim != 2 or scores.shape[1] != len(labels):
+            raise FtonnxError(f"output {out!r} has shape {scores.shape}; expected (batch, {len(labels)}) "
+                              f"for {len(labels)} labels")
+        tally.add(scores, y, probabilities=out == "probabilities")
+    return tally.result(labels)
+
+
+class _Tally:
+    """Running sums of an evaluation: loss, confusion matrix, top-5 hits."""
+
+    def __init__(self, n: int) -> None:
+        self.confusion = np.zeros((n, n), np.int64)
+        self.loss_sum, self.top5_hits, self.count = 0.0, 0, 0
+
+    def add(self, scores: np.ndarray, y: np.ndarray, *, probabilities: bool) -> None:
+        logp = np.log(np.clip(scores, 1e-12, None)) if probabilities else _log_softmax(scores)
+        self.loss_sum -= float(logp[np.arange(len(y)), y].sum())
+        np.add.at(self.confusion, (y, scores.argmax(axis=1)), 1)
+        if scores.shape[1] >= 5:
+            top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+            self.top5_hits += int((top5 == y[:, None]).any(axis=1).sum())
+        self.count += len(y)
+
+    def result(self, labels: list[str]) -> dict[str, Any]:
+        if self.count == 0:
+            raise FtonnxError("no image of the data set could be decoded; nothing to evaluate")
+        per_class_total = self.confusion.sum(axis=1)
+        result: dict[str, Any] = {
+            "loss": self.loss_sum / self.count,
+            "top1": float(np.trace(self.confusion)) / self.count,
+            "per_class": {c: (float(self.confusion[i, i] / per_class_total[i]) if per_class_total[i] else None)
+                          for i, c in enumerate(labels)},
+            "confusion": self.confusion.tolist(),
+            "count": self.count,
+        }
+        if len(labels) >= 5:
+            result["top5"] = self.top5_hits / self.count
+        return result
+
+
+def predict(model: str | os.PathLike | onnx.ModelProto, images: list[str], *, top: int = 5,
+            preprocess: Preprocess | None = None, batch_size: int = 32,
+            providers: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
+    """The `top` most probable (class name, probability) pairs per image, most probable first."""
+    if top < 1:
+        raise FtonnxError(f"top must be at least 1, not {top}")
+    sess, meta = _session(model, providers)
+    pre = _preprocess(preprocess, meta)
+    name, dtype = image_input(sess)
+    outputs = [o.name for o in sess.get_outputs()]
+    out = next((o for o in ("probabilities", "logits") if o in outputs), outputs[0])
+    results: list[list[tuple[str, float]]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        x = np.stack([_load(path, pre) for path in chunk]).astype(dtype, copy=False)
+        scores = np.asarray(sess.run([out], {name: x})[0], np.float64)
+        probs = scores if out == "probabilities" else np.exp(_log_softmax(scores))
+        labels = meta.labels if meta.labels and len(meta.labels) == probs.shape[1] else \
+            [f"class_{i}" for i in range(probs.shape[1])]
+        for row in probs:
+            best = np.argsort(-row, kind="stable")[:top]
+            results.append([(labels[i], float(row[i])) for i in best])
+    return results
+
+
+def _load(path: str, preprocess: Preprocess) -> np.ndarray:
+    """One image for prediction; a clear error when it cannot be read."""
+    if not Path(path).is_file():
+        raise FtonnxError(f"{path}: no such image file")
+    try:
+        return load_image(path, preprocess)
+    except DECODE_ERRORS as exc:
+        reason = first_line(exc)
+        raise FtonnxError(f"{path}: cannot decode the image ({reason})") from None

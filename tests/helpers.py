@@ -1,0 +1,167 @@
+"""What several test modules share: paths, tiny models and image folders, running a model with ONNX
+Runtime, invoking the CLI, and training from arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from ftonnx import metadata
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+HYMENOPTERA = SHARED / "datasets" / "hymenoptera"
+COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+
+
+def write_colours(root: Path, train: int, val: int) -> Path:
+    """train/ and val/ with 3 classes of noisy, mostly one-colour 40x40 images (`train` + `val` of each)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for name, rgb in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(rgb, 90, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def write_image(path: Path, size: tuple[int, int] = (30, 24), seed: int = 0) -> Path:
+    """A random RGB image of `size` (W, H), format from the suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def make_folder(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
+    """One folder per class with the given number of PNG images of varied sizes."""
+    for c, (name, count) in enumerate(classes.items()):
+        for i in range(count):
+            write_image(root / name / f"img{i}.png", (24 + 3 * i, 20 + 2 * c), seed=seed + 100 * c + i)
+    return root
+
+
+def build_tiny_model(num_classes: int = 10, size: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """Conv-Relu-Conv-Relu-GlobalAveragePool-Flatten-Gemm on (N, 3, size, size), dynamic batch,
+    with preprocessing and labels in the metadata, like a zoo export but tiny."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"], name="/conv1/Conv",
+                         pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/relu1/Relu"),
+        helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="/conv2/Conv",
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="/relu2/Relu"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pool"], name="/pool/GlobalAveragePool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="/Flatten"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1),
+    ]
+    inits = [init("conv1.weight", 8, 3, 3, 3), init("conv1.bias", 8), init("conv2.weight", 16, 8, 3, 3),
+             init("conv2.bias", 16), init("fc.weight", num_classes, 16), init("fc.bias", num_classes)]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ftonnx-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return metadata.write(model, metadata.Meta(
+        labels=[f"class_{i}" for i in range(num_classes)],
+        preprocess=metadata.Preprocess(size=(size, size), resize=size + 4),
+        source="tests:tiny"))
+
+
+def skip_model() -> onnx.ModelProto:
+    """conv1 -> r1 -> conv2 -> r2 -> conv3 -> Add(r1) -> pool -> fc: freezing conv1 and conv2
+    leaves two tensors crossing into the trainable part, r2 and the skip connection r1."""
+    rng = np.random.default_rng(1)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    conv = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight"], ["c1"], name="conv1", **conv),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "conv2.weight"], ["c2"], name="conv2", **conv),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "conv3.weight"], ["c3"], name="conv3", **conv),
+        helper.make_node("Add", ["c3", "r1"], ["sum"], name="add"),
+        helper.make_node("GlobalAveragePool", ["sum"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1),
+    ]
+    inits = [init("conv1.weight", 8, 3, 3, 3), init("conv2.weight", 8, 8, 3, 3),
+             init("conv3.weight", 8, 8, 3, 3), init("fc.weight", 4, 8), init("fc.bias", 4)]
+    graph = helper.make_graph(
+        nodes, "skip", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return metadata.write(model, metadata.Meta(labels=["a", "b", "c", "d"]))
+
+
+def image_batch(images: list[Path], preprocess: metadata.Preprocess) -> np.ndarray:
+    """Decode and preprocess image files the way training and eval do, into one float32 batch."""
+    from ftonnx.data import load_image
+
+    return np.stack([load_image(path, preprocess) for path in images])
+
+
+def run_model(model: onnx.ModelProto | str | Path, feeds: dict[str, np.ndarray] | np.ndarray,
+              outputs: list[str] | None = None) -> list[np.ndarray]:
+    """Run a model (ModelProto or file) on CPU with ONNX Runtime; a bare array feeds its first input."""
+    import onnxruntime as ort
+
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    if isinstance(feeds, np.ndarray):
+        feeds = {session.get_inputs()[0].name: feeds}
+    return session.run(outputs, feeds)
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    """Invoke the `ftonnx` command line in-process: (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from ftonnx.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+class ArrayBatches:
+    """A training batch source over arrays: batches of `batch_size` in a fixed order each epoch."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, name: str = "input") -> None:
+        self.x, self.y, self.batch_size, self.name = x, y, batch_size, name
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        for s in range(0, len(self.y), self.batch_size):
+            yield {self.name: self.x[s:s + self.batch_size]}, self.y[s:s + self.batch_size]
+
+
+def train_and_export(model: onnx.ModelProto, batches, val, run_dir: Path, config) -> onnx.ModelProto:
+    """Train with the loop (defaults resolved as the pipeline resolves them), export RUN/model.onnx, load it."""
+    from ftonnx.export.inference import export_inference
+    from ftonnx.train.freeze import trainable_parameters
+    from ftonnx.train.loop import train
+
+    trainable = trainable_parameters(model, config.freeze)
+    head = set(metadata.read(model).head_params)
+    config = config.resolved(backbone_trains=any(p not in head for p in trainable))
+    result = train(model, batches, val, run_dir, config, trainable)
+    return onnx.load(str(export_inference(model, result.weights, Path(run_dir) / "model.onnx")))

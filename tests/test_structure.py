@@ -1,0 +1,72 @@
+"""The package's shape holds: data flows one way through the stages (no import runs back up) and functions
+stay short. DEVELOPERS.md's layout table states the same rules for people."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from helpers import REPO
+
+# part of ftonnx -> the parts it may import (besides itself); DEVELOPERS.md shows this table
+MAY_IMPORT: dict[str, set[str]] = {
+    "errors": set(),
+    "metadata": {"errors"},
+    "progress": set(),
+    "graph": {"errors", "metadata"},
+    "data": {"errors", "metadata"},
+    "runtime": {"errors", "metadata"},
+    "evaluate": {"errors", "metadata", "data", "runtime"},
+    "train": {"errors", "metadata", "progress", "graph", "data", "runtime"},
+    "export": {"errors", "metadata", "progress", "graph", "data", "runtime", "evaluate", "train"},
+    "zoo": {"errors", "metadata", "graph"},
+    "pipeline": {"errors", "metadata", "progress", "graph", "data", "runtime", "evaluate", "train", "export"},
+    "demo": {"errors", "metadata", "progress", "graph", "data", "evaluate", "train", "pipeline", "zoo"},
+    "cli": {"errors", "metadata", "progress", "graph", "data", "runtime", "evaluate", "train", "export",
+            "pipeline", "demo", "zoo"},
+}
+MAX_FUNCTION_LINES = 50
+
+
+def _sources() -> list[tuple[str, Path]]:
+    """(part, file) for every module of the package, the zoo (installed as ftonnx.zoo) included."""
+    found = [("zoo", p) for p in sorted((REPO / "models").glob("*.py"))]
+    for path in sorted((REPO / "ftonnx").rglob("*.py")):
+        parts = path.relative_to(REPO / "ftonnx").with_suffix("").parts
+        if parts != ("__init__",):  # the package's face hands on the API verbs lazily
+            found.append((parts[0], path))
+    return found
+
+
+def _imported_parts(path: Path) -> set[str]:
+    """The parts of ftonnx a file imports, at module level or inside functions."""
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        for name in names:
+            if name.startswith("ftonnx."):
+                parts.add(name.split(".")[1])
+            elif name == "ftonnx" and isinstance(node, ast.ImportFrom):
+                parts.update(a.name for a in node.names if not a.name.startswith("__"))
+    return parts
+
+
+def test_no_import_runs_back_up() -> None:
+    wrong = []
+    for part, path in _sources():
+        assert part in MAY_IMPORT, f"{path}: a new part of the package; add it to the table here and in DEVELOPERS.md"
+        if bad := _imported_parts(path) - MAY_IMPORT[part] - {part}:
+            wrong.append(f"{path.relative_to(REPO)} ({part}) imports {sorted(bad)}")
+    assert not wrong, wrong
+
+
+def test_functions_are_short() -> None:
+    long = []
+    for _, path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
