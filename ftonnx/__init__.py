@@ -14,7 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ftonnx import ortshim
 from ftonnx.errors import FtonnxError
+
+ortshim.install()  # before anything imports onnxruntime: keeps torch out (see ftonnx/ortshim.py)
 
 __version__ = "0.1.0"
 

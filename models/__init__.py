@@ -57,7 +57,10 @@ def get(name: str) -> Recipe:
 
 def export_model(name: str, path: str | os.PathLike | None = None, opset: int = 17) -> onnx.ModelProto:
     """Export zoo model `name` to ONNX with a dynamic batch dimension; save it to `path` if given."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise FtonnxError("the zoo builds its models with PyTorch: pip install 'ftonnx[zoo]'") from None
 
     recipe = get(name)
     if path is not None:

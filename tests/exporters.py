@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ftonnx import metadata
+from helpers import require_torch
 
 SIZE = 32
 NUM_CLASSES = 10
@@ -29,8 +30,8 @@ NUM_CLASSES = 10
 
 def _torch_net(classifier: str = "gemm", nhwc: bool = False):
     """A small SE network in eval mode with non-trivial BatchNorm statistics (like a pretrained one)."""
-    import torch
-    from torch import nn
+    torch = require_torch()
+    nn = torch.nn
 
     class SqueezeExcite(nn.Module):
         def __init__(self, channels: int) -> None:
@@ -83,8 +84,7 @@ def _torch_net(classifier: str = "gemm", nhwc: bool = False):
 def _export(net, *, input_name: str, output_name: str, nhwc: bool = False, dynamic_hw: bool = True,
             opset: int = 11) -> onnx.ModelProto:
     """torch.onnx.export (legacy) keeping BatchNormalization: PRESERVE mode on an eval model skips BN folding."""
-    import torch
-
+    torch = require_torch()
     shape = (1, SIZE, SIZE, 3) if nhwc else (1, 3, SIZE, SIZE)
     axes = {0: "batch", 1: "height", 2: "width"} if nhwc else {0: "batch", 2: "height", 3: "width"}
     if not dynamic_hw:

@@ -19,6 +19,14 @@ HYMENOPTERA = SHARED / "datasets" / "hymenoptera"
 COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
 
 
+def require_torch():
+    """torch, or skip the test: only the zoo and the test models of other exporters need it
+    (`pip install -e ".[cpu]"` has no torch; `.ci/run` installs it with the `dev` extra)."""
+    import pytest
+
+    return pytest.importorskip("torch", reason="needs torch (pip install 'ftonnx[zoo]')")
+
+
 def write_colours(root: Path, train: int, val: int) -> Path:
     """train/ and val/ with 3 classes of noisy, mostly one-colour 40x40 images (`train` + `val` of each)."""
     rng = np.random.default_rng(0)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
@@ -18,7 +17,7 @@ from ftonnx.graph import load
 from ftonnx.graph.cut import cut
 from ftonnx.graph.head import add_head, linear_init
 
-from helpers import run_model
+from helpers import require_torch, run_model
 
 
 def params(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -63,7 +62,7 @@ def test_hidden_head_with_dropout(tiny_model: onnx.ModelProto) -> None:
 def test_initialisation_matches_torch_linear_and_follows_the_seed() -> None:
     rng = np.random.default_rng
     weight, bias = linear_init(1280, 1000, rng(0))
-    ref = torch.nn.Linear(1280, 1000)
+    ref = require_torch().nn.Linear(1280, 1000)
     bound = 1 / np.sqrt(1280)
     assert weight.dtype == np.float32 and weight.shape == (1000, 1280) and bias.shape == (1000,)
     assert np.abs(weight).max() <= bound and np.abs(bias).max() <= bound

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, require_torch
 
 pytestmark = pytest.mark.slow
 
 
 def test_readme_python_snippet_runs(hymenoptera: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_torch()  # the snippet starts from the zoo
     (snippet,) = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
     (tmp_path / "hymenoptera").symlink_to(hymenoptera)
     monkeypatch.chdir(tmp_path)

@@ -11,6 +11,7 @@ from helpers import REPO
 # part of ftonnx -> the parts it may import (besides itself); DEVELOPERS.md shows this table
 MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),
+    "ortshim": set(),
     "metadata": {"errors"},
     "progress": set(),
     "graph": {"errors", "metadata"},
