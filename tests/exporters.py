@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ftonnx import metadata
+
 from helpers import require_torch
 
 SIZE = 32
