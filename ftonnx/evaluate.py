@@ -6,6 +6,8 @@ model's metadata (which ORT format keeps), so a finetuned model needs nothing el
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +19,11 @@ from ftonnx import metadata
 from ftonnx.data import Dataset, Loader, check_classes
 from ftonnx.data.images import DECODE_ERRORS, load_image
 from ftonnx.errors import FtonnxError, first_line
+from ftonnx.files import check_new_file, write_text_atomic
 from ftonnx.metadata import Preprocess
+from ftonnx.preprocess import PreprocessFlags, facts_from_shape, resolve_facts
+from ftonnx.preprocess.use import preprocess_for
+from ftonnx.progress import log
 from ftonnx.runtime import image_input, inference_session, session_metadata
 
 
@@ -35,12 +41,46 @@ def _output(sess: Any, output: str) -> str:
     return output
 
 
-def _preprocess(given: Preprocess | None, meta: metadata.Meta) -> Preprocess:
+def _preprocess(given: Preprocess | None, sess: Any, meta: metadata.Meta) -> Preprocess:
+    """`given`, else what the model's metadata and input shape say (one line saying what is missing)."""
     if given is not None:
         return given
-    if meta.preprocess is None:
-        raise FtonnxError("the model's metadata has no preprocessing; pass it explicitly")
-    return meta.preprocess
+    image = sess.get_inputs()[0]
+    return resolve_facts(facts_from_shape(image.name, list(image.shape)), meta.preprocess).require()
+
+
+def preprocessing(model: str | os.PathLike | onnx.ModelProto, flags: PreprocessFlags | None,
+                  images: Dataset | None = None) -> Preprocess | None:
+    """The preprocessing `flags` give for `model` (None when they say nothing: the model's own is used);
+    `auto` chooses on `images` and needs an ONNX file, not an .ort one."""
+    if flags is None or not flags.given:
+        return None
+    if not isinstance(model, onnx.ModelProto) and Path(model).suffix == ".ort":
+        if flags.preset == "auto":
+            raise FtonnxError("--preprocess auto needs the .onnx model; pass a preset for an .ort file")
+        sess, meta = _session(model)
+        image = sess.get_inputs()[0]
+        return resolve_facts(facts_from_shape(image.name, list(image.shape)), meta.preprocess, flags).require()
+    from ftonnx.graph import load
+
+    return preprocess_for(model if isinstance(model, onnx.ModelProto) else load(model), flags, images, say=log)
+
+
+def class_probabilities(sess: Any, x: np.ndarray) -> np.ndarray:
+    """The class probabilities a classifier session gives for batch `x`: its `probabilities` output, else its
+    first output, turned into probabilities by a softmax unless it already is a distribution per row."""
+    outputs = [o.name for o in sess.get_outputs()]
+    out = "probabilities" if "probabilities" in outputs else outputs[0]
+    name, dtype = image_input(sess)
+    scores = np.asarray(sess.run([out], {name: x.astype(dtype, copy=False)})[0], np.float64)
+    if scores.ndim != 2:
+        raise FtonnxError(f"output {out!r} has shape {scores.shape}; a classifier's is (batch, classes)")
+    return scores if out == "probabilities" or _are_probabilities(scores) else np.exp(_log_softmax(scores))
+
+
+def _are_probabilities(scores: np.ndarray) -> bool:
+    """Whether each row is already a distribution (a model that ends in Softmax under another name)."""
+    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,7 +103,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *, pr
     name, dtype = image_input(sess)
     out = _output(sess, output)
     tally = _Tally(len(labels))
-    for x, y in Loader(dataset, _preprocess(preprocess, meta), batch_size=batch_size).epoch(0):
+    for x, y in Loader(dataset, _preprocess(preprocess, sess, meta), batch_size=batch_size).epoch(0):
         scores = np.asarray(sess.run([out], {name: x.astype(dtype, copy=False)})[0], np.float64)
         if scores.ndim != 2 or scores.shape[1] != len(labels):
             raise FtonnxError(f"output {out!r} has shape {scores.shape}; expected (batch, {len(labels)}) "
@@ -112,22 +152,26 @@ def predict(model: str | os.PathLike | onnx.ModelProto, images: list[str], *, to
     if top < 1:
         raise FtonnxError(f"top must be at least 1, not {top}")
     sess, meta = _session(model, providers)
-    pre = _preprocess(preprocess, meta)
-    name, dtype = image_input(sess)
-    outputs = [o.name for o in sess.get_outputs()]
-    out = next((o for o in ("probabilities", "logits") if o in outputs), outputs[0])
+    pre = _preprocess(preprocess, sess, meta)
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        x = np.stack([_load(path, pre) for path in chunk]).astype(dtype, copy=False)
-        scores = np.asarray(sess.run([out], {name: x})[0], np.float64)
-        probs = scores if out == "probabilities" else np.exp(_log_softmax(scores))
+        probs = class_probabilities(sess, np.stack([_load(path, pre) for path in chunk]))
         labels = meta.labels if meta.labels and len(meta.labels) == probs.shape[1] else \
             [f"class_{i}" for i in range(probs.shape[1])]
         for row in probs:
             best = np.argsort(-row, kind="stable")[:top]
             results.append([(labels[i], float(row[i])) for i in best])
     return results
+
+
+def write_predictions_csv(path: str | os.PathLike, images: list[str], results: list[list[tuple[str, float]]]) -> Path:
+    """`path`, a new CSV file of image,label,probability rows (each image's classes, most probable first)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["image", "label", "probability"])
+    writer.writerows([image, label, f"{p:.6f}"] for image, best in zip(images, results) for label, p in best)
+    return write_text_atomic(check_new_file(path), out.getvalue())
 
 
 def _load(path: str, preprocess: Preprocess) -> np.ndarray:

@@ -17,29 +17,49 @@ from ftonnx.errors import FtonnxError
 PREFIX = "ftonnx."
 
 
+CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
+LAYOUTS = ("NCHW", "NHWC")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the model's input tensor.
 
-    The image is resized so that its shorter side is `resize`, center-cropped to `size` (H, W),
-    scaled as (pixel - mean) / std per channel in 0-255 units, ordered `channel_order`, laid out
+    The image is scaled so that it covers `resize` (for the shorter side of `size`; the longer side in
+    proportion), the centre `size` (H, W) is cropped, pixels become (pixel - mean) / std per channel in
+    0-255 units, in `channel_order` (RGB, BGR, or GRAY: one channel, mean and std of length 1), laid out
     `layout`.
     """
 
     size: tuple[int, int] = (224, 224)
     resize: int = 256
-    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    mean: tuple[float, ...] = (127.0, 127.0, 127.0)
+    std: tuple[float, ...] = (128.0, 128.0, 128.0)
     channel_order: str = "RGB"
     layout: str = "NCHW"
 
     def __post_init__(self) -> None:
-        if self.channel_order not in ("RGB", "BGR"):
-            raise FtonnxError(f"channel order must be RGB or BGR, not {self.channel_order!r}")
-        if self.layout not in ("NCHW", "NHWC"):
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise FtonnxError(f"channel order must be one of {', '.join(CHANNEL_ORDERS)}, not {self.channel_order!r}")
+        if self.layout not in LAYOUTS:
             raise FtonnxError(f"layout must be NCHW or NHWC, not {self.layout!r}")
-        if min(self.size) < 1 or self.resize < 1:
-            raise FtonnxError(f"input size {self.size} and resize {self.resize} must be positive")
+        if min(self.size) < 1 or self.resize < min(self.size):
+            raise FtonnxError(f"input size {self.size} must be positive and resize {self.resize} at least "
+                              f"its shorter side")
+        if not len(self.mean) == len(self.std) == self.channels:
+            raise FtonnxError(f"{self.channel_order} takes {self.channels} mean and std value(s), "
+                              f"not {len(self.mean)} and {len(self.std)}")
+        if min(self.std) <= 0:
+            raise FtonnxError(f"std must be positive, not {self.std}")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_order == "GRAY" else 3
+
+    def batch_shape(self, n: int) -> tuple[int, int, int, int]:
+        """The input tensor's shape for `n` images."""
+        h, w = self.size
+        return (n, self.channels, h, w) if self.layout == "NCHW" else (n, h, w, self.channels)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

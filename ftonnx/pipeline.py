@@ -26,13 +26,15 @@ from ftonnx import metadata
 from ftonnx.data import Dataset, Loader, check_classes, discover
 from ftonnx.errors import FtonnxError
 from ftonnx.export.inference import export_inference
-from ftonnx.graph.index import GraphIndex
+from ftonnx.graph.index import GraphIndex, clone
 from ftonnx.graph.split import split
+from ftonnx.preprocess import PreprocessFlags
+from ftonnx.preprocess.use import preprocess_for
 from ftonnx.progress import Progress, log
 from ftonnx.runtime import check_device
 from ftonnx.train.batches import Batches, CacheBatches, ImageBatches
 from ftonnx.train.cache import ActivationCache, default_mem_limit, plan
-from ftonnx.train.config import TrainConfig
+from ftonnx.train.config import FEATURE_RMS, TrainConfig
 from ftonnx.train.freeze import trainable_parameters
 from ftonnx.train.loop import TrainResult
 from ftonnx.train.loop import train as train_loop
@@ -48,8 +50,9 @@ def data_args(data: str, *, val: str | None = None, val_split: float | None = No
 
 
 def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os.PathLike,
-          config: TrainConfig | None = None) -> TrainResult:
-    """`ftonnx train`: train MODEL (which has a `logits` head and labels) on the data `args` describe."""
+          config: TrainConfig | None = None, preprocess: PreprocessFlags | None = None) -> TrainResult:
+    """`ftonnx train`: train MODEL (which has a `logits` head and labels) on the data `args` describe;
+    `preprocess` gives the preprocessing when the model's metadata has none."""
     from ftonnx.graph import load
 
     run, config = RunFolder(run_dir), config or TrainConfig()
@@ -58,14 +61,16 @@ def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os
         config, args, source = stored.config, stored.data_args, stored.source
     else:
         source = {"model": str(Path(model_path).absolute())}
-    model = load(source["model"])
-    return _run(model, _datasets(args), run, RunRecord(config, args, source), stored)
+    datasets = _datasets(args)
+    model = _preprocessed(load(source["model"]), preprocess, datasets[0], source)
+    return _run(model, datasets, run, RunRecord(config, args, source), stored)
 
 
 def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str, Any], run_dir: str | os.PathLike,
              config: TrainConfig | None = None, *, hidden: int | None = None, dropout: float = 0.0,
-             last: bool = False, index: int | None = None) -> TrainResult:
-    """Cut `pretrained` at `node_spec`, add a head for the data's classes, train and export (RUN/model.onnx)."""
+             last: bool = False, index: int | None = None, preprocess: PreprocessFlags | None = None) -> TrainResult:
+    """Cut `pretrained` at `node_spec`, add a head for the data's classes, train and export (RUN/model.onnx);
+    `preprocess` gives the preprocessing when the pretrained model's metadata has none."""
     from ftonnx.graph import load
     from ftonnx.graph.cut import cut
     from ftonnx.graph.head import add_head
@@ -77,11 +82,24 @@ def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str,
     else:
         source = {"pretrained": str(Path(pretrained).absolute()), "node": node_spec, "hidden": hidden,
                   "dropout": dropout, "last": last, "index": index}
-    backbone = cut(load(source["pretrained"]), source["node"], last=source["last"], index=source["index"])
     datasets = _datasets(data_args)
+    original = _preprocessed(load(source["pretrained"]), preprocess, datasets[0], source)
+    backbone = cut(original, source["node"], last=source["last"], index=source["index"])
     model = add_head(backbone, len(datasets[0].classes), hidden=source["hidden"], dropout=source["dropout"],
                      seed=config.seed, labels=datasets[0].classes)
     return _run(model, datasets, run, RunRecord(config, data_args, source), stored)
+
+
+def _preprocessed(model: onnx.ModelProto, flags: PreprocessFlags | None, images: Dataset,
+                  source: dict[str, Any]) -> onnx.ModelProto:
+    """`model` with the preprocessing the run feeds it in its metadata: from its metadata, input shape and
+    the flags (`auto` chooses on `images`), decided once and kept in `source`, which a resume reuses."""
+    if "preprocess" in source:
+        chosen = metadata.Preprocess.from_json(source["preprocess"])
+    else:
+        chosen = preprocess_for(model, flags, images, say=log)
+        source["preprocess"] = chosen.to_json()
+    return metadata.update(clone(model), preprocess=chosen)
 
 
 def _start(run: RunFolder, config: TrainConfig) -> RunRecord | None:
@@ -112,12 +130,10 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
         raise FtonnxError("the model's metadata has no class labels; add a head with `ftonnx head` or use "
                           "`ftonnx finetune`")
     check_classes(meta.labels, datasets[0].classes, hint="give a head for these classes (`ftonnx finetune`)")
-    if meta.preprocess is None:
-        raise FtonnxError("the model's metadata has no preprocessing; export it with ftonnx or add it with "
-                          "`ftonnx head`")
     trainable = trainable_parameters(model, record.config.freeze)
-    config = record.config = record.config.resolved(
-        backbone_trains=any(p not in set(meta.head_params) for p in trainable))
+    backbone_trains = any(p not in set(meta.head_params) for p in trainable)
+    given = record.config
+    config = record.config = given.resolved(backbone_trains=backbone_trains)
     if stored is not None and not stored.cache:
         cut, why = [], "resuming a run trained through the whole graph"
     else:
@@ -127,6 +143,8 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
     with run.removed_unless_started(), contextlib.ExitStack() as cleanup:
         if cut:
             trained, batches, val = _cached(model, cut, datasets, run, record, cleanup)
+            if not backbone_trains:
+                config = record.config = _head_rate(given, record.cache["feature_rms"])
         else:
             record.no_cache_reason = why
             trained, batches, val = _uncached(model, name, datasets, meta.preprocess, config, why)
@@ -134,6 +152,15 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
     best = {k: result.best[k] for k in ("epoch", "val_top1", "val_loss", "train_loss")}
     result.model_path = export_inference(model, result.weights, run.model_path, trained=best)
     return result
+
+
+def _head_rate(given: TrainConfig, feature_rms: float) -> TrainConfig:
+    """The options of a head-only run, its default rate suited to the scale of the (cached) features."""
+    config = given.resolved(backbone_trains=False, feature_rms=feature_rms)
+    if given.lr is None and feature_rms < FEATURE_RMS:
+        log(f"head learning rate {config.lr:.3g}: the features' RMS is {feature_rms:.3g}, below the {FEATURE_RMS} "
+            f"the default 1e-3 suits (see --lr)")
+    return config
 
 
 def _image_input(model: onnx.ModelProto) -> str:
@@ -185,7 +212,7 @@ def _cached(model: onnx.ModelProto, cut: list[str], datasets: tuple[Dataset, Dat
     nbytes, on_disk = cache.nbytes + val_cache.nbytes, cache.on_disk or val_cache.on_disk
     log(f"activation cache: {_size(nbytes)}{f', spilled to {run.cache_dir}' if on_disk else ' in memory'}, "
         f"built in {time.monotonic() - start:.1f} s")
-    record.cache = {"boundary": cut, "views": views, "on_disk": on_disk, "bytes": nbytes}
+    record.cache = {"boundary": cut, "views": views, "on_disk": on_disk, "bytes": nbytes, "feature_rms": cache.rms}
     bs = config.batch_size
     return suffix, CacheBatches(cache, bs, seed=config.seed), CacheBatches(val_cache, bs, shuffle=False)
 

@@ -117,11 +117,11 @@ def test_val_split_is_seeded_stratified_and_disjoint(tmp_path):
 def test_preprocess_numerics_by_hand(tmp_path):
     path = write_image(tmp_path / "x.png", (24, 20), seed=1)
     pixels = np.asarray(Image.open(path), np.float32)
-    pre = Preprocess(size=(16, 12), resize=20, mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 8.0))
-    crop = pixels[2:18, 6:18]  # shorter side already 20: no resampling, center crop 16x12
+    pre = Preprocess(size=(16, 12), resize=15, mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 8.0))
+    crop = pixels[2:18, 6:18]  # 20x24 already covers the 20x15 target: no resampling, center crop 16x12
     want = (crop - [10.0, 20.0, 30.0]) / [2.0, 4.0, 8.0]
     np.testing.assert_array_equal(load_image(path, pre), want.transpose(2, 0, 1).astype(np.float32))
-    bgr = Preprocess(size=(16, 12), resize=20, mean=(30.0, 20.0, 10.0), std=(8.0, 4.0, 2.0),
+    bgr = Preprocess(size=(16, 12), resize=15, mean=(30.0, 20.0, 10.0), std=(8.0, 4.0, 2.0),
                      channel_order="BGR", layout="NHWC")
     np.testing.assert_array_equal(load_image(path, bgr), want[..., ::-1].astype(np.float32))
 

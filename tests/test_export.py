@@ -65,7 +65,7 @@ def val_batch(run: Path) -> np.ndarray:
 def test_cli_export_writes_every_variant(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["export", str(tiny_run), "-o", str(out), "--int8", "--fp16", "--ort",
-                                       "--calib", "6"])
+                                       "--calib-count", "6"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert [v["name"] for v in report["variants"]] == VARIANTS
@@ -117,7 +117,7 @@ def test_cli_export_writes_every_variant(tiny_run: Path, tmp_path: Path) -> None
 
 def test_export_replaces_earlier_output_and_reports_without_variants(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    export_run(tiny_run, out, int8=True, calib=4, runs=2)
+    export_run(tiny_run, out, int8=True, calib_count=4, runs=2)
     report = export_run(tiny_run, out, runs=2)
     assert [v["name"] for v in report["variants"]] == ["float"]
     assert report["calibration_images"] == 0 and report["on_device"] is None
@@ -166,7 +166,8 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_run: Path, tmp_path: Path, ca
 
 
 def test_calib_below_one_is_a_usage_error(tiny_run: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["export", str(tiny_run), "-o", str(tmp_path / "out"), "--int8", "--calib", "0"])
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "-o", str(tmp_path / "out"), "--int8",
+                                       "--calib-count", "0"])
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
 
 
@@ -180,7 +181,7 @@ def test_lite0_finetuned_on_hymenoptera_meets_the_bar(zoo_model_path: Path, hyme
 
     run = tmp_path / "run"
     finetune(zoo_model_path, "auto", data_args(str(hymenoptera)), run, TrainConfig())
-    report = export_run(run, tmp_path / "out", int8=True, fp16=True, ort=True, calib=64, runs=5)
+    report = export_run(run, tmp_path / "out", int8=True, fp16=True, ort=True, calib_count=64, runs=5)
     rows = {r["name"]: r for r in report["variants"]}
     assert report["val_images"] == 153 and rows["float"]["top1"] >= 0.93
     assert rows["int8"]["size_vs_float"] <= 0.30 and rows["int8"]["top1"] >= rows["float"]["top1"] - 0.01

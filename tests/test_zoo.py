@@ -1,4 +1,4 @@
-"""The zoo's EfficientNet-Lite0: real ImageNet weights, and the metadata later steps rely on."""
+"""The zoo's EfficientNet-Lite0, -Lite1 and -Lite2: real ImageNet weights, and the metadata later steps rely on."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+import pytest
 from PIL import Image
 from skimage import data
 
@@ -13,7 +14,7 @@ from ftonnx import metadata
 from ftonnx.graph import load
 from ftonnx.metadata import Preprocess
 
-from helpers import image_batch
+from helpers import image_batch, require_torch
 
 
 def test_zoo_metadata_carries_labels_preprocessing_and_dynamic_batch(zoo_model_path: Path) -> None:
@@ -29,15 +30,30 @@ def test_zoo_metadata_carries_labels_preprocessing_and_dynamic_batch(zoo_model_p
     onnx.checker.check_model(model, full_check=True)
 
 
-def test_zoo_weights_are_imagenet_pretrained(zoo_model_path: Path, tmp_path: Path) -> None:
-    model = load(zoo_model_path)
+def _imagenet_classes(model: onnx.ModelProto, tmp_path: Path) -> list[int]:
+    """The top class of the chelsea (Egyptian cat, 285) and coffee (espresso, 967) test images."""
     pre = metadata.read(model).preprocess
     images = [tmp_path / "chelsea.png", tmp_path / "coffee.png"]
     Image.fromarray(data.chelsea()).save(images[0])
     Image.fromarray(data.coffee()).save(images[1])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": image_batch(images, pre)})
-    assert logits.argmax(axis=1).tolist() == [285, 967]
+    return logits.argmax(axis=1).tolist()
+
+
+def test_zoo_weights_are_imagenet_pretrained(zoo_model_path: Path, tmp_path: Path) -> None:
+    assert _imagenet_classes(load(zoo_model_path), tmp_path) == [285, 967]
+
+
+@pytest.mark.parametrize("name, size", [("efficientnet-lite1", 240), ("efficientnet-lite2", 260)])
+def test_larger_lites_are_imagenet_pretrained_at_their_size(name: str, size: int, tmp_path: Path) -> None:
+    require_torch()
+    from ftonnx import zoo
+
+    model = zoo.export_model(name, tmp_path / f"{name}.onnx")
+    assert metadata.read(model).preprocess.size == (size, size)
+    assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_value == size
+    assert _imagenet_classes(model, tmp_path) == [285, 967]
 
 
 def test_zoo_parameters_are_named_after_their_modules(zoo_model_path: Path) -> None:

@@ -50,9 +50,9 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     run = Path(args.run) if args.run else make_run(workdir, args.data, args.epochs)
     out = workdir / "export"
-    print(f"ftonnx export {run} -o {out} --int8 --fp16 --ort --on-device --calib {args.calib} "
+    print(f"ftonnx export {run} -o {out} --int8 --fp16 --ort --on-device --calib-count {args.calib} "
           f"--threads {args.threads}", file=sys.stderr)
-    report = export_run(run, out, int8=True, fp16=True, ort=True, on_device=True, calib=args.calib,
+    report = export_run(run, out, int8=True, fp16=True, ort=True, on_device=True, calib_count=args.calib,
                         threads=args.threads, runs=args.runs, progress=lambda m: print(m, file=sys.stderr))
     print(f"EfficientNet-Lite0, hymenoptera, {os.cpu_count()} CPU cores; {report['calibration_images']} int8 "
           f"calibration images")

@@ -60,6 +60,84 @@ class CommaList(click.ParamType):
         return items
 
 
+class HeightWidth(click.ParamType):
+    """H or H,W (pixels)."""
+
+    name = "H[,W]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+            self.fail(f"{value!r}: give the input height, or height,width, in pixels", param, ctx)
+        return (int(parts[0]), int(parts[-1]))
+
+
+class PixelValues(click.ParamType):
+    """One value or three for --mean/--std, in 0-255 units or 0-1 units (recognised by their range)."""
+
+    name = "V[,V,V]"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        from ftonnx.errors import FtonnxError
+        from ftonnx.preprocess import pixel_units
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return pixel_units([float(v) for v in str(value).split(",")], self.what)
+        except ValueError:
+            self.fail(f"{value!r}: give numbers separated by commas", param, ctx)
+        except FtonnxError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+PRESET_NAMES = ("imagenet", "inception", "caffe", "unit", "raw", "auto")
+
+
+def preprocess_options(f: Callable) -> Callable:
+    """How images become the model's input, for models whose metadata does not say (recorded in the
+    models ftonnx writes, so it is given once)."""
+    options = [
+        click.option("--preprocess", "pp_preset", type=click.Choice(PRESET_NAMES),
+                     help="Preprocessing preset: imagenet (torchvision, timm, Paddle), inception ((x-127.5)/127.5, "
+                          "TF/Keras), caffe (BGR, mean subtracted), unit (x/255), raw (0-255), or auto (chosen by "
+                          "the pretrained classifier's confidence on your images) [default: the model's metadata]."),
+        click.option("--size", "pp_size", type=HeightWidth(),
+                     help="Input height[,width] in pixels [default: the model's static input shape]."),
+        click.option("--resize", "pp_resize", type=click.IntRange(min=1),
+                     help="Scale the image to cover this (for the shorter side of --size), then centre-crop "
+                          "[default: the presets' 0.875 crop, 256 for 224]."),
+        click.option("--mean", "pp_mean", type=PixelValues("mean"),
+                     help="Per-channel mean, in the model's channel order, in 0-255 units (123.675,116.28,103.53) "
+                          "or 0-1 units (0.485,0.456,0.406), told apart by range."),
+        click.option("--std", "pp_std", type=PixelValues("std"),
+                     help="Per-channel standard deviation, 0-255 units (58.395,57.12,57.375) or 0-1 units "
+                          "(0.229,0.224,0.225)."),
+        click.option("--bgr", "pp_bgr", is_flag=True, help="The model takes BGR channel order."),
+        click.option("--gray", "pp_gray", is_flag=True,
+                     help="The model takes one grayscale channel [default: when its input has one channel]."),
+        click.option("--nhwc", "pp_nhwc", is_flag=True,
+                     help="The model takes N,H,W,C layout [default: from its input shape, else N,C,H,W]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def preprocess_flags(opts: dict[str, Any]) -> Any:
+    """The PreprocessFlags of `preprocess_options`, removed from `opts`."""
+    from ftonnx.preprocess import PreprocessFlags
+
+    return PreprocessFlags(preset=opts.pop("pp_preset"), size=opts.pop("pp_size"), resize=opts.pop("pp_resize"),
+                           mean=opts.pop("pp_mean"), std=opts.pop("pp_std"), bgr=opts.pop("pp_bgr"),
+                           gray=opts.pop("pp_gray"), nhwc=opts.pop("pp_nhwc"))
+
+
 def train_options(f: Callable) -> Callable:
     """The data and training options `train` and `finetune` share."""
     options = [

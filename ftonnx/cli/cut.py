@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+
+from ftonnx.cli._options import preprocess_flags, preprocess_options
 
 
 @click.command("cut")
@@ -14,16 +18,20 @@ import click
 @click.option("--last", is_flag=True, help="When SPEC matches several nodes, take the last one.")
 @click.option("--index", type=int, default=None, metavar="K",
               help="When SPEC matches several nodes, take number K (from 0).")
-def command(model: str, spec: str, output: str, last: bool, index: int | None) -> None:
-    """Truncate MODEL so that the output of node SPEC becomes its output."""
+@preprocess_options
+def command(model: str, spec: str, output: str, last: bool, index: int | None, **opts: Any) -> None:
+    """Truncate MODEL so that the output of node SPEC becomes its output; preprocessing flags are recorded
+    in the written model's metadata."""
     from ftonnx.graph import load
     from ftonnx.graph.cut import cut
     from ftonnx.graph.index import GraphIndex
     from ftonnx.graph.inspect import format_shape
     from ftonnx.graph.io import check_output_path, save_model
+    from ftonnx.preprocess.use import recorded
 
+    flags = preprocess_flags(opts)
     check_output_path(output)
-    original = load(model)
+    original = recorded(load(model), flags)
     result = cut(original, spec, last=last, index=index)
     save_model(result, output)
     tensor = result.graph.output[0].name

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
+
+from ftonnx.cli._options import preprocess_flags, preprocess_options
 
 
 @click.command("eval")
@@ -17,16 +20,19 @@ import click
 @click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per inference batch.")
 @click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def command(model: str, data: str, list_file: str | None, batch_size: int, strict: bool, as_json: bool) -> None:
+@preprocess_options
+def command(model: str, data: str, list_file: str | None, batch_size: int, strict: bool, as_json: bool,
+            **opts: Any) -> None:
     """Evaluate MODEL (.onnx or .ort) on labelled images; the classes must be the model's labels."""
     from ftonnx.data import discover
-    from ftonnx.evaluate import evaluate
+    from ftonnx.evaluate import evaluate, preprocessing
 
     train, val = discover(data, list_file=list_file, strict=strict)
     dataset = val if val is not None else train
     for path, reason in train.skipped + (val.skipped if val is not None else []):
         click.echo(f"ftonnx: skipped {path}: {reason}", err=True)
-    result = evaluate(model, dataset, batch_size=batch_size)
+    result = evaluate(model, dataset, batch_size=batch_size,
+                      preprocess=preprocessing(model, preprocess_flags(opts), dataset))
     click.echo(json.dumps(result) if as_json else _table(result))
 
 

@@ -10,6 +10,8 @@ from ftonnx.cli._options import (
     EXPORT_VARIANTS,
     CommaList,
     echo_result,
+    preprocess_flags,
+    preprocess_options,
     split_train_options,
     train_options,
 )
@@ -27,6 +29,7 @@ from ftonnx.cli._options import (
 @click.option("--export", "export_variants", default="", type=CommaList(EXPORT_VARIANTS),
               help="After training, also export these variants to RUN/export (see `ftonnx export`).")
 @train_options
+@preprocess_options
 def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidden: int | None, dropout: float,
             export_variants: list[str], **opts: Any) -> None:
     """Finetune PRETRAINED on --data: cut at --node, new head (classes from the data), train, export
@@ -37,9 +40,10 @@ def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidd
     from ftonnx.pipeline import finetune
     from ftonnx.train.run import RunFolder
 
+    flags = preprocess_flags(opts)
     args, config = split_train_options(opts)
     result = finetune(pretrained, node_spec, args, opts["run_dir"], config, hidden=hidden, dropout=dropout,
-                      last=last, index=index)
+                      last=last, index=index, preprocess=flags)
     echo_result(result)
     if export_variants:
         out = RunFolder(result.run_dir).export_dir

@@ -200,6 +200,20 @@ def _split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
     return (Dataset(train, dataset.classes, dataset.skipped), Dataset(val, dataset.classes, []))
 
 
+def image_files(paths: list[str]) -> list[str]:
+    """The image files `paths` name: files as given, folders walked for image files (sorted by path)."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        else:
+            found.append(str(path))
+    if not found:
+        raise FtonnxError(f"no image files in {', '.join(paths)} ({', '.join(IMAGE_EXTENSIONS)})")
+    return found
+
+
 def check_classes(labels: list[str], classes: list[str], *, hint: str = "") -> None:
     """Raise FtonnxError saying how a model's labels and a data set's classes differ, if they do;
     `hint` (e.g. what to do instead) ends the message."""

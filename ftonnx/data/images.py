@@ -14,7 +14,6 @@ import os
 import numpy as np
 from PIL import Image
 
-from ftonnx.errors import FtonnxError
 from ftonnx.metadata import Preprocess
 
 # What Pillow raises on unreadable, truncated or hostile files.
@@ -24,15 +23,19 @@ Box = tuple[float, float, float, float]
 
 
 def center_box(width: int, height: int, preprocess: Preprocess) -> Box:
-    """The region that "resize the shorter side to `resize`, then center-crop `size`" keeps."""
+    """The region that "scale the image to cover the resize target, then crop the centre `size`" keeps.
+
+    The resize target is `size` scaled so that its shorter side is `resize` (for a square input: the
+    image's shorter side becomes `resize`); the image is scaled to cover it, keeping its aspect ratio,
+    so a non-square input (say 48x192) is filled, never stretched or padded.
+    """
     th, tw = preprocess.size
-    short = min(width, height)
-    rw = preprocess.resize if width == short else int(preprocess.resize * width / short)
-    rh = preprocess.resize if height == short else int(preprocess.resize * height / short)
+    target_h, target_w = (round(preprocess.resize * d / min(th, tw)) for d in (th, tw))
+    if target_h * width >= target_w * height:  # the height limits: it becomes exactly target_h
+        rh, rw = target_h, int(target_h * width / height)
+    else:
+        rh, rw = int(target_w * height / width), target_w
     left, top = round((rw - tw) / 2), round((rh - th) / 2)
-    if left < 0 or top < 0:
-        raise FtonnxError(f"resize {preprocess.resize} leaves a {width}x{height} image smaller than the "
-                          f"{tw}x{th} crop; use a resize of at least {max(th, tw)}")
     sx, sy = width / rw, height / rh
     return left * sx, top * sy, (left + tw) * sx, (top + th) * sy
 
@@ -64,7 +67,8 @@ def random_box(width: int, height: int, rng: np.random.Generator,
 
 def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = False,
            rng: np.random.Generator | None = None, draft: bool = True) -> Image.Image:
-    """Decode `path` to an RGB image of size `preprocess.size`, center-cropped or randomly augmented."""
+    """Decode `path` to an RGB (or, for GRAY, L) image of size `preprocess.size`, center-cropped or randomly
+    augmented."""
     th, tw = preprocess.size
     with Image.open(path) as img:
         width, height = img.size
@@ -81,15 +85,17 @@ def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = F
             drafted = img.draft("RGB", need)
             if drafted is not None:
                 factor = drafted[1][2] / width
-        rgb = img.convert("RGB")
+        pixels = img.convert("L" if preprocess.channel_order == "GRAY" else "RGB")
     box = (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
-    out = rgb.resize((tw, th), Image.Resampling.BILINEAR, box=box)
+    out = pixels.resize((tw, th), Image.Resampling.BILINEAR, box=box)
     return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
 
 
 def to_array(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     """(pixel - mean) / std in 0-255 units, in the model's channel order and layout (no batch dim)."""
     x = np.asarray(image, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[..., None]
     if preprocess.channel_order == "BGR":
         x = x[..., ::-1]
     x = (x - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)

@@ -61,9 +61,7 @@ class Loader:
 
     def _submit(self, pool: ThreadPoolExecutor, indices: np.ndarray, epoch: int):
         """Start decoding one batch; returns its buffer, labels, sample indices and futures."""
-        h, w = self.preprocess.size
-        shape = (len(indices), 3, h, w) if self.preprocess.layout == "NCHW" else (len(indices), h, w, 3)
-        x = np.empty(shape, np.float32)
+        x = np.empty(self.preprocess.batch_shape(len(indices)), np.float32)
         y = np.array([self.dataset.samples[i][1] for i in indices], np.int64)
         futures = [pool.submit(self._decode_into, x, slot, int(i), epoch) for slot, i in enumerate(indices)]
         return x, y, indices, futures

@@ -1,5 +1,6 @@
-"""Export a finetuned RUN folder for edge deployment: float, int8 and fp16 models, their ORT-format
-twins, on-device training artifacts, and a report of size, latency and accuracy per variant.
+"""Export a finetuned RUN folder, or any classifier's ONNX file, for edge deployment: float, int8 and fp16
+models, their ORT-format twins, on-device training artifacts, and a report of size, latency and accuracy
+per variant.
 
 Everything is built in a hidden folder beside the output and moved in at the end, so a failure
 leaves nothing half-written at the output path.
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,14 +21,16 @@ import numpy as np
 import onnx
 
 from ftonnx import metadata
-from ftonnx.data import Dataset, Loader, check_classes, discover
+from ftonnx.data import Dataset, Loader, check_classes, discover, image_files
 from ftonnx.errors import FtonnxError
 from ftonnx.export.fp16 import convert_fp16
 from ftonnx.export.ondevice import build_on_device
 from ftonnx.export.ort_format import convert_ort
 from ftonnx.export.quantize import quantize_int8
 from ftonnx.export.report import measure
-from ftonnx.graph.io import load_model
+from ftonnx.graph.io import load_model, save_model
+from ftonnx.preprocess import PreprocessFlags
+from ftonnx.preprocess.use import preprocess_for
 from ftonnx.train.run import RunFolder
 
 FILES = {"float": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
@@ -51,10 +55,61 @@ def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any
     return model, run.read_record().data_args
 
 
-def calibration_batches(train: Dataset, preprocess: metadata.Preprocess, count: int) -> Iterator[np.ndarray]:
-    """Batches of `count` training images drawn at random (seed 0), as the model's input."""
-    pick = sorted(np.random.default_rng(0).permutation(len(train.samples))[:count])
-    subset = dataclasses.replace(train, samples=[train.samples[i] for i in pick])
+@dataclass
+class ExportSource:
+    """What an export starts from: the float model (preprocessing in its metadata), the images int8 is
+    calibrated on, labelled images the report measures accuracy on, and where it came from."""
+
+    model: onnx.ModelProto
+    calibration: Dataset | None
+    val: Dataset | None
+    origin: dict[str, str]
+
+
+def _images(folder: str) -> Dataset:
+    """Every image under `folder` (labels unused): calibration needs no classes."""
+    return Dataset([(f, 0) for f in image_files([folder])], ["-"])
+
+
+def run_source(run_dir: str | os.PathLike, calib: str | None = None) -> ExportSource:
+    """A RUN folder's model; calibration on its training images (or `calib`), accuracy on its val images."""
+    model, data_args = read_run(run_dir)
+    try:
+        train, val = discover(**data_args)
+    except TypeError as exc:
+        raise FtonnxError(f"{RunFolder(run_dir).config_path}: data_args do not fit ftonnx.data.discover "
+                          f"({exc})") from None
+    if val is not None:
+        check_classes(metadata.read(model).labels, val.classes)
+    return ExportSource(model, _images(calib) if calib else train, val, {"run": str(Path(run_dir).absolute())})
+
+
+def model_source(path: str | os.PathLike, *, calib: str | None = None, data: str | None = None,
+                 preprocess: PreprocessFlags | None = None) -> ExportSource:
+    """Any classifier's ONNX file: preprocessing from its metadata or `preprocess`, calibration on the images
+    under `calib`, accuracy on the labelled folder `data` (its classes must be the model's labels)."""
+    from ftonnx.graph import load
+
+    model = load(path)
+    calibration = _images(calib) if calib else None
+    val = None
+    if data:
+        train, held_out = discover(data)
+        val = held_out or train
+        labels = metadata.read(model).labels
+        if not labels:
+            raise FtonnxError(f"{path}: no class labels to measure accuracy with; add them with "
+                              "`ftonnx meta MODEL --labels ...`, or drop --data")
+        check_classes(labels, val.classes)
+    chosen = preprocess_for(model, preprocess, calibration or val)
+    return ExportSource(metadata.update(model, preprocess=chosen), calibration, val,
+                        {"model": str(Path(path).absolute())})
+
+
+def calibration_batches(images: Dataset, preprocess: metadata.Preprocess, count: int) -> Iterator[np.ndarray]:
+    """Batches of `count` images drawn at random (seed 0), as the model's input."""
+    pick = sorted(np.random.default_rng(0).permutation(len(images.samples))[:count])
+    subset = dataclasses.replace(images, samples=[images.samples[i] for i in pick])
     return (x for x, _ in Loader(subset, preprocess, batch_size=CALIBRATION_BATCH).epoch(0))
 
 
@@ -75,16 +130,19 @@ def _publish(stage: Path, out_dir: Path) -> None:
         os.replace(entry, target)
 
 
-def _variants(run: Path, model: onnx.ModelProto, stage: Path, train: Dataset, *, int8: bool, fp16: bool,
-              ort: bool, calib: int, say: Callable[[str], None]) -> dict[str, Path]:
+def _variants(source: ExportSource, stage: Path, *, int8: bool, fp16: bool, ort: bool, calib: int,
+              say: Callable[[str], None]) -> dict[str, Path]:
     """Write the float model and the variants asked for into `stage`; returns name -> file."""
-    preprocess = metadata.read(model).preprocess
-    variants = {"float": stage / FILES["float"]}
-    shutil.copyfile(RunFolder(run).model_path, variants["float"])
+    model = source.model
+    variants = {"float": save_model(model, stage / FILES["float"])}
     if int8:
-        say(f"int8: calibrating on {min(calib, len(train.samples))} training images")
+        if source.calibration is None:
+            raise FtonnxError("int8 needs calibration images: pass --calib DIR (a folder of typical inputs)")
+        count = min(calib, len(source.calibration.samples))
+        say(f"int8: calibrating on {count} images")
         variants["int8"] = stage / FILES["int8"]
-        quantize_int8(model, variants["int8"], calibration_batches(train, preprocess, calib))
+        quantize_int8(model, variants["int8"],
+                      calibration_batches(source.calibration, metadata.read(model).preprocess, calib))
     if fp16:
         say("fp16: converting")
         variants["fp16"] = stage / FILES["fp16"]
@@ -95,41 +153,47 @@ def _variants(run: Path, model: onnx.ModelProto, stage: Path, train: Dataset, *,
     return variants
 
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int8: bool = False, fp16: bool = False,
-               ort: bool = False, on_device: bool = False, calib: int = 100, threads: int = 1, runs: int = 50,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Export RUN's model into `out_dir` as the variants asked for and write `out_dir/report.json`;
-    returns the report (`ftonnx.export.report.measure`'s, plus the run, calibration count and
-    on-device files). Latency: batch 1, `threads` intra-op threads, median of `runs` runs."""
+def export_run(source: str | os.PathLike | ExportSource, out_dir: str | os.PathLike, *, int8: bool = False,
+               fp16: bool = False, ort: bool = False, on_device: bool = False, calib_count: int = 100,
+               threads: int = 1, runs: int = 50, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export a RUN folder's model (or an `ExportSource`, e.g. `model_source(...)`) into `out_dir` as the
+    variants asked for and write `out_dir/report.json`; returns the report (`ftonnx.export.report.measure`'s,
+    plus the origin, calibration count and on-device files). Latency: batch 1, `threads` intra-op threads,
+    median of `runs` runs."""
     say = progress or (lambda message: None)
-    run, out_dir = Path(run_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FtonnxError(f"{out_dir}: exists and is not a folder")
     if not out_dir.absolute().parent.is_dir():
         raise FtonnxError(f"{out_dir}: folder {out_dir.absolute().parent} does not exist")
-    if calib < 1 or threads < 1 or runs < 1:
-        raise FtonnxError(f"--calib, threads and runs must be at least 1, not {calib}, {threads}, {runs}")
-    model, data_args = read_run(run)
-    meta = metadata.read(model)
-    try:
-        train, val = discover(**data_args)
-    except TypeError as exc:
-        raise FtonnxError(f"{RunFolder(run).config_path}: data_args do not fit ftonnx.data.discover ({exc})") from None
-    if val is not None:
-        check_classes(meta.labels, val.classes)
+    if calib_count < 1 or threads < 1 or runs < 1:
+        raise FtonnxError(f"--calib-count, threads and runs must be at least 1, not {calib_count}, {threads}, {runs}")
+    source = source if isinstance(source, ExportSource) else run_source(source)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.absolute().parent))
     try:
-        variants = _variants(run, model, stage, train, int8=int8, fp16=fp16, ort=ort, calib=calib, say=say)
-        if on_device:
-            say("on-device: generating training artifacts")
-            build_on_device(model, stage / ON_DEVICE, ort_format=ort)
-        say(f"report: latency on {threads} thread(s)" + (f", accuracy on {len(val.samples)} val images" if val else ""))
-        report = measure(variants, val, meta.preprocess, _first_image(val or train, meta.preprocess),
-                         threads=threads, runs=runs)
-        report.update(run=str(run.absolute()), calibration_images=min(calib, len(train.samples)) if int8 else 0,
-                      on_device=sorted(p.name for p in (stage / ON_DEVICE).iterdir()) if on_device else None)
+        report = _export(source, stage, int8=int8, fp16=fp16, ort=ort, on_device=on_device, calib=calib_count,
+                         threads=threads, runs=runs, say=say)
         (stage / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         _publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _export(source: ExportSource, stage: Path, *, int8: bool, fp16: bool, ort: bool, on_device: bool, calib: int,
+            threads: int, runs: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Write every variant into `stage` and measure them; the report."""
+    preprocess = metadata.read(source.model).preprocess
+    variants = _variants(source, stage, int8=int8, fp16=fp16, ort=ort, calib=calib, say=say)
+    if on_device:
+        say("on-device: generating training artifacts")
+        build_on_device(source.model, stage / ON_DEVICE, ort_format=ort)
+    val = source.val
+    say(f"report: latency on {threads} thread(s)" + (f", accuracy on {len(val.samples)} val images" if val else ""))
+    images = val or source.calibration
+    sample = _first_image(images, preprocess) if images else np.zeros(preprocess.batch_shape(1), np.float32)
+    report = measure(variants, val, preprocess, sample, threads=threads, runs=runs)
+    calibrated = min(calib, len(source.calibration.samples)) if int8 and source.calibration else 0
+    report.update(**source.origin, calibration_images=calibrated,
+                  on_device=sorted(p.name for p in (stage / ON_DEVICE).iterdir()) if on_device else None)
     return report

@@ -22,24 +22,37 @@ import numpy as np
 import onnx
 
 from ftonnx import metadata
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, first_line
 from ftonnx.graph.io import save_model
+from ftonnx.graph.normalize import lift_opset
 
 KEEP_FLOAT = ("Softmax",)
+QDQ_MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
 
 
-def _reader(input_name: str, batches: Iterable[np.ndarray]):
-    """A CalibrationDataReader that feeds `batches` to `input_name` once."""
-    from onnxruntime.quantization import CalibrationDataReader
+class _CountingReader:
+    """Feeds `batches` to `input_name` once, counting them (no batch at all is its own error)."""
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._feeds: Iterator[dict[str, np.ndarray]] = ({input_name: b} for b in batches)
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
+        self.input_name, self.batches, self.count = input_name, batches, 0
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._feeds, None)
+    def reader(self):
+        from onnxruntime.quantization import CalibrationDataReader
 
-    return Reader()
+        outer = self
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._feeds: Iterator[np.ndarray] = iter(outer.batches)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self._feeds, None)
+                if batch is None:
+                    return None
+                outer.count += 1
+                return {outer.input_name: batch}
+
+        return Reader()
 
 
 def _name_kept_nodes(path: Path) -> list[str]:
@@ -58,28 +71,42 @@ def _name_kept_nodes(path: Path) -> list[str]:
     return kept
 
 
+def _prepared(source: Path, prepared: Path) -> None:
+    """ORT's pre-processing (shape inference, graph optimisation) for quantisation. Its symbolic shape
+    inference fails on some graphs with dynamic height and width (the dynamo exporter's); onnx's own shape
+    inference then does."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(prepared))
+    except Exception:  # symbolic_shape_infer raises assorted errors on shapes it cannot follow
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+
+
 def quantize_int8(model: onnx.ModelProto, path: str | os.PathLike,
                   calibration: Iterable[np.ndarray]) -> onnx.ModelProto:
     """Quantise `model` to int8 (QDQ, per-channel), calibrated on the float32 input `calibration`
-    batches, keep its metadata and save it to `path`; returns the quantised model."""
+    batches, keep its metadata and save it to `path`; returns the quantised model. Models below opset 13
+    (per-channel QDQ's floor) are converted up first."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(model.graph.input) != 1:
         raise FtonnxError(f"int8 calibration needs a model with one input, not {len(model.graph.input)}")
     with tempfile.TemporaryDirectory(prefix="ftonnx-int8-") as tmp:
         source, prepared, quantized = (Path(tmp) / n for n in ("float.onnx", "prepared.onnx", "int8.onnx"))
-        onnx.save_model(model, str(source))
-        quant_pre_process(str(source), str(prepared))
+        onnx.save_model(lift_opset(model, QDQ_MIN_OPSET), str(source))
+        _prepared(source, prepared)
         keep_float = _name_kept_nodes(prepared)
+        reader = _CountingReader(model.graph.input[0].name, calibration)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
-                quantize_static(str(prepared), str(quantized), _reader(model.graph.input[0].name, calibration),
+                quantize_static(str(prepared), str(quantized), reader.reader(),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=keep_float)
-        except ValueError as exc:
-            raise FtonnxError(f"int8 calibration failed ({exc}); are there calibration images?") from None
+        except Exception as exc:  # ORT's quantiser raises ValueError, RuntimeError, onnx errors...
+            cause = "no calibration image could be decoded" if reader.count == 0 else first_line(exc)
+            raise FtonnxError(f"int8 quantisation failed: {cause}") from None
         result = metadata.copy(model, onnx.load(str(quantized)))
     save_model(result, path)
     return result

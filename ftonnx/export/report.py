@@ -12,6 +12,7 @@ import numpy as np
 
 from ftonnx.data import Dataset, Loader
 from ftonnx.errors import FtonnxError
+from ftonnx.evaluate import class_probabilities
 from ftonnx.metadata import Preprocess
 from ftonnx.runtime import image_input, inference_session
 
@@ -40,7 +41,7 @@ def accuracy_and_drift(variants: dict[str, Path], val: Dataset, preprocess: Prep
     sessions = {name: inference_session(path) for name, path in variants.items()}
     worst, hits, count = dict.fromkeys(sessions, 0.0), dict.fromkeys(sessions, 0), 0
     for x, y in Loader(val, preprocess, batch_size=32).epoch(0):
-        probs = {name: s.run(["probabilities"], {image_input(s)[0]: x})[0] for name, s in sessions.items()}
+        probs = {name: class_probabilities(s, x) for name, s in sessions.items()}
         for name, p in probs.items():
             worst[name] = max(worst[name], float(np.abs(p - probs[REFERENCE]).max()))
             hits[name] += int((p.argmax(axis=1) == y).sum())

@@ -26,8 +26,9 @@ def linear_init(fan_in: int, fan_out: int, rng: np.random.Generator) -> tuple[np
     return weight, bias
 
 
-def _feature(model: onnx.ModelProto, index: GraphIndex) -> tuple[str, int | str | None, int]:
-    """The backbone's single output: its name, batch dimension and flattened width; or what to do instead."""
+def _feature(model: onnx.ModelProto, index: GraphIndex) -> tuple[str, int | str | None, int, bool]:
+    """The backbone's single output: its name, batch dimension, channel count, and whether it is a feature
+    map the head must pool (N, C, H, W); or what to do instead."""
     outputs = list(model.graph.output)
     if len(outputs) != 1:
         raise FtonnxError(f"the backbone has {len(outputs)} outputs; cut it to one feature tensor first "
@@ -39,15 +40,35 @@ def _feature(model: onnx.ModelProto, index: GraphIndex) -> tuple[str, int | str 
     if feature.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise FtonnxError(f"feature output {feature.name!r} is not a float32 tensor")
     shape = index.shapes.get(feature.name)
-    if not shape or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+    pooled = bool(shape) and len(shape) == 4 and shape[2:] != [1, 1]
+    width = shape[1:2] if pooled else (shape or [None])[1:]
+    if not shape or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in width):
         raise FtonnxError(f"feature output {feature.name!r} has shape {format_shape(shape)}; the head needs "
-                          f"(N, C) or (N, C, 1, 1) with known sizes: cut after the global pooling (--node auto)")
-    return feature.name, shape[0], int(np.prod(shape[1:]))
+                          f"(N, C), (N, C, 1, 1) or a feature map (N, C, H, W) with C known: cut at --node auto")
+    return feature.name, shape[0], int(np.prod(width)), pooled
+
+
+def head_classes(count: int | None, labels: list[str] | None, data_classes: list[str] | None) -> list[str]:
+    """The class names of a new head from what was given: a count, names, the classes a data set has
+    (they must agree when several are given); class_0, class_1, ... when only a count is."""
+    given = [names for names in (labels, data_classes) if names is not None]
+    if len(given) == 2 and given[0] != given[1]:
+        raise FtonnxError(f"--labels ({', '.join(labels[:5])}) differ from the data's classes "
+                          f"({', '.join(data_classes[:5])}); give one of them")
+    names = given[0] if given else None
+    if count is None and names is None:
+        raise FtonnxError("give --classes N, --labels A,B,... or --data DIR (the classes of your images)")
+    if count is not None and names is not None and count != len(names):
+        raise FtonnxError(f"{len(names)} labels given for {count} classes")
+    if count is not None and count < 2:
+        raise FtonnxError(f"a classifier needs at least 2 classes, got {count}")
+    return list(names) if names is not None else [f"class_{i}" for i in range(count)]
 
 
 def add_head(model: onnx.ModelProto, num_classes: int, *, hidden: int | None = None, dropout: float = 0.0,
              seed: int = 0, labels: list[str] | None = None) -> onnx.ModelProto:
-    """A copy of backbone `model` with a classifier on its output: flatten, [dropout,] linear -> `logits`.
+    """A copy of backbone `model` with a classifier on its output: flatten, [dropout,] linear -> `logits`
+    (a feature map (N, C, H, W) is averaged over H and W first).
 
     With `hidden`: flatten, linear, ReLU, [dropout,] linear. Parameters are `head.fc.*` (or `head.fc1.*`,
     `head.fc2.*`); the metadata records labels, head_params, backbone_params and the feature tensor.
@@ -62,11 +83,12 @@ def add_head(model: onnx.ModelProto, num_classes: int, *, hidden: int | None = N
     if len(labels) != num_classes:
         raise FtonnxError(f"{len(labels)} labels given for {num_classes} classes")
     index = GraphIndex(model)
-    feature, batch, fan_in = _feature(model, index)
+    feature, batch, fan_in, pooled = _feature(model, index)
     taken = {o for n in index.nodes for o in n.output} | set(index.initializers)
     if OUTPUT in taken or any(name.startswith("head.") for name in taken):
         raise FtonnxError(f"the model already has a tensor {OUTPUT!r} or head.*; cut it back to its backbone first")
-    nodes, params = _head_nodes(index, feature, fan_in, num_classes, hidden, dropout, np.random.default_rng(seed))
+    nodes, params = _head_nodes(index, feature, fan_in, num_classes, hidden, dropout, np.random.default_rng(seed),
+                                pool=pooled)
     result = clone(model)
     result.graph.node.extend(nodes)
     result.graph.initializer.extend(params)
@@ -82,10 +104,14 @@ _DROPOUT_RATIO = "head.dropout.ratio"
 
 
 def _head_nodes(index: GraphIndex, feature: str, fan_in: int, num_classes: int, hidden: int | None,
-                dropout: float, rng: np.random.Generator) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Flatten, [linear, ReLU,] [dropout,] linear -> `logits`: the nodes, and the parameters then the dropout
-    ratio as initializers."""
-    nodes = [index.node("Flatten", [feature], "/head", "Flatten", output="head.flat", axis=1)]
+                dropout: float, rng: np.random.Generator, *,
+                pool: bool = False) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """[Global average pooling of a feature map,] flatten, [linear, ReLU,] [dropout,] linear -> `logits`: the
+    nodes, and the parameters then the dropout ratio as initializers."""
+    nodes = [index.node("GlobalAveragePool", [feature], "/head", "GlobalAveragePool", output="head.pool")] if pool \
+        else []
+    nodes.append(index.node("Flatten", [nodes[0].output[0] if pool else feature], "/head", "Flatten",
+                            output="head.flat", axis=1))
     params: list[onnx.TensorProto] = []
     consts: list[onnx.TensorProto] = []
 

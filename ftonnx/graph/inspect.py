@@ -85,6 +85,8 @@ def recommended_cut(model: onnx.ModelProto, index: GraphIndex | None = None) -> 
         raise FtonnxError(f"no cut point to recommend: found {found}; name one with --node")
     pool, after, after_nodes = heads[-1]
     output = next(o for o in index.outputs if o in after)
+    if scorer := _class_score_conv(index, pool, output):
+        return _before_scores(index, scorer, pool, output)
     ops = ", ".join(dict.fromkeys(n.op_type for n in after_nodes))
     reason = (f"output of the last global pooling ({pool.op_type}) before graph output {output!r}, "
               + (f"which it reaches through {ops} only" if ops else "which it is"))
@@ -95,13 +97,43 @@ def recommended_cut(model: onnx.ModelProto, index: GraphIndex | None = None) -> 
             "shape": index.shapes.get(pool.output[0]), "reason": reason}
 
 
+_ELEMENTWISE = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu",
+                "Softplus", "Tanh", "Identity", "Dropout", "Softmax", "LogSoftmax", "BatchNormalization")
+
+
+def _class_score_conv(index: GraphIndex, pool: onnx.NodeProto, output: str) -> onnx.NodeProto | None:
+    """The Conv that computes the class scores before the pooling, in a fully convolutional classifier (its
+    output channels are the classes of `output`), or None."""
+    classes = (index.shapes.get(output) or [None, None])[-1]
+    node = index.producer(pool.input[0])
+    while node is not None and node.op_type in _ELEMENTWISE:
+        node = index.producer(node.input[0])
+    if node is None or node.op_type != "Conv" or len(node.input) < 2 or not isinstance(classes, int):
+        return None
+    weight = index.shapes.get(node.input[1])
+    return node if weight and weight[0] == classes and classes >= 2 else None
+
+
+def _before_scores(index: GraphIndex, scorer: onnx.NodeProto, pool: onnx.NodeProto, output: str) -> dict[str, Any]:
+    """The cut of a fully convolutional classifier: the feature map its class-score convolution reads."""
+    tensor = scorer.input[0]
+    producer = index.producer(tensor)
+    reason = (f"input of the convolution {scorer.name or scorer.output[0]!r}, which computes the "
+              f"{index.shapes[scorer.input[1]][0]} class scores of {output!r} before the global pooling "
+              f"({pool.op_type}): cutting after the pooling would train a head on the old class scores")
+    return {"tensor": tensor, "node": producer.name if producer else "", "op_type": producer.op_type if producer
+            else None, "shape": index.shapes.get(tensor), "reason": reason}
+
+
 def _io(infos: Any) -> list[dict[str, Any]]:
     return [{"name": i.name, "dtype": onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower(),
              "shape": value_shape(i)} for i in infos]
 
 
-def summarize(model: onnx.ModelProto, *, changes: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Everything `ftonnx inspect` reports, JSON-serialisable; `changes` are what normalising did."""
+def summarize(model: onnx.ModelProto, *, changes: list[str] | tuple[str, ...] = (),
+              preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `ftonnx inspect` reports, JSON-serialisable; `changes` are what normalising did and
+    `preprocess` the preprocessing per field with its source (`ftonnx.preprocess.describe`)."""
     index = GraphIndex(model)
     shapes = index.shapes
     meta = metadata.read(model)
@@ -123,6 +155,7 @@ def summarize(model: onnx.ModelProto, *, changes: list[str] | tuple[str, ...] = 
         "metadata": {"num_classes": meta.num_classes, "preprocess": meta.preprocess and meta.preprocess.to_json(),
                      "feature": meta.feature, "source": meta.source, "head_params": meta.head_params,
                      "backbone_param_count": len(meta.backbone_params)},
+        "preprocess": preprocess,
         "normalize": list(changes),
         "nodes": [{"name": n.name, "op_type": n.op_type,
                    "outputs": [{"name": o, "shape": shapes.get(o)} for o in n.output if o]}
@@ -131,31 +164,49 @@ def summarize(model: onnx.ModelProto, *, changes: list[str] | tuple[str, ...] = 
     }
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The human-readable form of `summarize`'s result."""
+def _preprocess_lines(described: dict[str, Any]) -> list[str]:
+    """The preprocessing, one field per line with its source, and how to give what is missing."""
+    lines = ["preprocessing:"]
+    for name, field in described.items():
+        value = field["value"]
+        shown = "-" if value is None else ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+            if isinstance(value, list) else str(value)
+        lines.append(f"  {name:<13} {shown:<24} ({field['source']})")
+    missing = [name for name, field in described.items() if field["source"] == "missing"]
+    hints = (["--size H[,W]"] if "size" in missing else []) + \
+        (["--preprocess imagenet|inception|caffe|unit|raw|auto (or --mean and --std)"] if "mean" in missing else [])
+    if missing:
+        lines.append(f"  {', '.join(missing)} unknown: commands that feed images need {' and '.join(hints)}")
+    return lines
+
+
+def format_summary(summary: dict[str, Any], *, nodes: bool = False) -> str:
+    """The human-readable form of `summarize`'s result: a short summary, the node table with `nodes`."""
     def io_line(i: dict[str, Any]) -> str:
         return f"  {i['name']}  {i['dtype']}{format_shape(i['shape'])}"
 
     opsets = ", ".join(f"{d} {v}" for d, v in summary["opsets"].items())
-    ops = ", ".join(f"{op} {n}" for op, n in summary["op_counts"].items())
-    lines = [f"producer: {summary['producer'] or '?'}   IR version: {summary['ir_version']}   opsets: {opsets}",
-             "inputs:", *map(io_line, summary["inputs"]), "outputs:", *map(io_line, summary["outputs"]),
-             f"nodes: {summary['node_count']} ({ops})",
-             f"parameters: {summary['parameter_count']:,} floating-point values; "
-             f"{summary['initializer_count']} initializers"]
-    meta = {k: v for k, v in summary["metadata"].items() if v}
-    if meta:
-        lines.append("ftonnx metadata: " + "; ".join(f"{k}={json.dumps(v)}" for k, v in meta.items()))
-    lines += ["normalized on load: " + ("; ".join(summary["normalize"]) or "nothing to change"), "", "nodes:"]
-    width = max((len(n["name"]) for n in summary["nodes"]), default=0)
-    for node in summary["nodes"]:
-        shapes = " ".join(format_shape(o["shape"]) for o in node["outputs"])
-        lines.append(f"  {node['name']:<{width}}  {node['op_type']:<18} {shapes}")
+    ops = ", ".join(f"{op} {n}" for op, n in list(summary["op_counts"].items())[:8])
+    more = ", ..." if len(summary["op_counts"]) > 8 else ""
     cut = summary["recommended_cut"]
-    lines.append("")
+    lines = [f"producer: {summary['producer'] or '?'}   IR version: {summary['ir_version']}   opsets: {opsets}",
+             "inputs:", *map(io_line, summary["inputs"]), "outputs:", *map(io_line, summary["outputs"])]
     if cut["tensor"] is None:
         lines.append(f"recommended cut: none ({cut['reason']})")
     else:
         lines += [f"recommended cut: {cut['node']} -> {cut['tensor']} {format_shape(cut['shape'])}",
                   f"  why: {cut['reason']}"]
+    if summary.get("preprocess"):
+        lines += _preprocess_lines(summary["preprocess"])
+    meta = {k: v for k, v in summary["metadata"].items() if v and k != "preprocess"}
+    if meta:
+        lines.append("ftonnx metadata: " + "; ".join(f"{k}={json.dumps(v)}" for k, v in meta.items()))
+    lines += [f"nodes: {summary['node_count']} ({ops}{more}); parameters: {summary['parameter_count']:,} "
+              f"floating-point values in {summary['initializer_count']} initializers",
+              "normalized on load: " + ("; ".join(summary["normalize"]) or "nothing to change")]
+    if not nodes:
+        return "\n".join(lines + ["(ftonnx inspect MODEL --nodes lists every node with its output shapes)"])
+    width = max((len(n["name"]) for n in summary["nodes"]), default=0)
+    lines += ["", "nodes:"] + [f"  {n['name']:<{width}}  {n['op_type']:<18} "
+                               + " ".join(format_shape(o["shape"]) for o in n["outputs"]) for n in summary["nodes"]]
     return "\n".join(lines)

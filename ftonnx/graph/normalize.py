@@ -7,15 +7,18 @@ ONNX Runtime training's floor of 12. `normalize` fixes each and reports what it 
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ftonnx.errors import FtonnxError
+from ftonnx.graph.batch import dynamic_batch
 from ftonnx.graph.index import (
     DEFAULT_DOMAINS,
     GraphIndex,
     assign,
+    attributes,
     clone,
     drop_unused_initializers,
     is_onnx_op,
@@ -86,30 +89,58 @@ def _foldable(node: onnx.NodeProto) -> bool:
             and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute))
 
 
-def fold_constants(model: onnx.ModelProto) -> int:
-    """Evaluate nodes whose inputs are all initializers and store their outputs as initializers.
+def _dequantize(node: onnx.NodeProto, x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None) -> np.ndarray:
+    """DequantizeLinear in numpy: (x - zero_point) * scale, per tensor or along `axis` (quantised weights)."""
+    axis = attributes(node).get("axis", 1)
+    shape = [1] * x.ndim
+    if scale.ndim == 1 and x.ndim:
+        shape[axis] = -1
+    zero = np.zeros_like(scale, np.int32) if zero is None else zero.astype(np.int32)
+    return ((x.astype(np.int32) - zero.reshape(shape)) * scale.reshape(shape)).astype(scale.dtype)
 
-    This removes exporters' shape arithmetic (the Shape-free chains that compute pads or reshape
-    targets); returns the number of nodes folded.
-    """
+
+def _fold(node: onnx.NodeProto, values: dict[str, np.ndarray], model: onnx.ModelProto) -> list[np.ndarray] | None:
+    """The outputs of a node whose inputs are all known, or None when it cannot be evaluated here (a kernel
+    or type the reference evaluator, or numpy, lacks): the node then stays in the graph."""
+    try:
+        if node.op_type == "DequantizeLinear":
+            return [_dequantize(node, *(values[i] if i else None for i in node.input))]
+        inits = [numpy_helper.from_array(values[i], i) for i in dict.fromkeys(i for i in node.input if i)]
+        outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
+        sub = helper.make_model(helper.make_graph([node], "fold", [], outputs, inits),
+                                opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        return list(ReferenceEvaluator(sub).run(None, {}))
+    except Exception:
+        return None
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Evaluate nodes whose inputs are all initializers (exporters' shape arithmetic, weights stored as
+    DequantizeLinear of int8 initializers) and store their outputs as initializers; nodes that cannot be
+    evaluated here stay. Returns the number of nodes folded."""
     index = GraphIndex(model)
-    foldable = index.computable(set(index.initializers) - {i.name for i in model.graph.input}, _foldable)
-    if not foldable:
+    values: dict[str, np.ndarray] = {}
+    folded: list[onnx.NodeProto] = []
+    for node in index.computable(set(index.initializers) - {i.name for i in model.graph.input}, _foldable):
+        if any(i and i not in index.initializers and i not in values for i in node.input):
+            continue  # an input's producer could not be folded
+        for name in node.input:
+            if name and name not in values:
+                values[name] = numpy_helper.to_array(index.initializers[name])
+        outputs = _fold(node, values, model)
+        if outputs is not None:
+            values.update(zip([o for o in node.output if o], outputs))
+            folded.append(node)
+    if not folded:
         return 0
-    folded = {id(n) for n in foldable}
-    rest = [n for n in index.nodes if id(n) not in folded]
+    done = {id(n) for n in folded}
+    rest = [n for n in index.nodes if id(n) not in done]
     needed = {i for n in rest for i in n.input} | set(index.outputs)
-    wanted = sorted({o for n in foldable for o in n.output if o} & needed)
-    used = sorted({i for n in foldable for i in n.input if i in index.initializers})
-    sub = helper.make_model(
-        helper.make_graph(foldable, "fold", [], [helper.make_empty_tensor_value_info(n) for n in wanted],
-                          [index.initializers[n] for n in used]),
-        opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    values = ReferenceEvaluator(sub).run(wanted, {})
+    wanted = sorted({o for n in folded for o in n.output if o} & needed)
     assign(model.graph.node, rest)
-    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in zip(wanted, values))
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(values[name]), name) for name in wanted)
     drop_unused_initializers(model)
-    return len(foldable)
+    return len(folded)
 
 
 def lift_opset(model: onnx.ModelProto, minimum: int = TRAINING_MIN_OPSET) -> onnx.ModelProto:
@@ -142,6 +173,9 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         changes.append(f"turned {n} Constant nodes into initializers")
     if n := fold_constants(model):
         changes.append(f"folded {n} nodes that computed constants")
+    if (batched := dynamic_batch(model)) is not None:
+        model = batched
+        changes.append("made the batch dimension dynamic (it was fixed at 1)")
     old = onnx_opset(model)
     if old < TRAINING_MIN_OPSET:
         model = lift_opset(model)

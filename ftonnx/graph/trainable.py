@@ -11,9 +11,11 @@ still names the same tensors:
   resumed run draws the same ones.
 - HardSigmoid, HardSwish (no gradient builder) become Mul, Add, Clip (and Mul);
   PRelu (no gradient builder) becomes Relu(x) + slope * (x - Relu(x)).
-- MaxPool and AveragePool whose input has dynamic spatial dimensions become strided Slices combined
-  by Max or Sum: their gradient kernels read the static output shape and crash the process (SIGSEGV,
-  SIGFPE) when it is unknown. Default-valued `pads` and `ceil_mode` are dropped from MaxPool.
+- MaxPool whose input has a dynamic height or width, and AveragePool whose input has any dynamic
+  dimension (the batch too, as TF and Keras exports leave them), become strided Slices combined by Max
+  or Sum (an AveragePool over its whole static map: GlobalAveragePool): their gradient kernels read a
+  static output shape and crash the process (SIGSEGV, SIGFPE) when it is unknown. Default-valued
+  `pads` and `ceil_mode` are dropped from MaxPool.
 """
 
 from __future__ import annotations
@@ -158,16 +160,27 @@ def _drop_default_pool_attrs(node: onnx.NodeProto) -> bool:
 
 
 def _slicable_pool(g: GraphIndex, node: onnx.NodeProto) -> bool:
-    """Whether a pool has dynamic spatial input dims and only the options the Slice form reproduces."""
+    """Whether a pool's gradient would crash ORT (MaxPool: dynamic height or width; AveragePool: any dynamic
+    dimension, the batch included) and it has only the options the Slice form reproduces."""
     attrs = attributes(node)
     rank = len(attrs.get("kernel_shape", []))
     shape = g.static_shape(node.input[0])
     pads = list(attrs.get("pads", [0] * 2 * rank))
-    return not (shape is None or len(shape) != rank + 2 or all(d is not None for d in shape[2:])
-                or any(node.output[1:]) or attrs.get("ceil_mode", 0)
-                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
-                or any(d != 1 for d in attrs.get("dilations", [1] * rank))
-                or (node.op_type == "AveragePool" and any(pads) and not attrs.get("count_include_pad", 0)))
+    average = node.op_type == "AveragePool"
+    crashes = shape is not None and len(shape) == rank + 2 and None in (shape if average else shape[2:])
+    return crashes and not (any(node.output[1:]) or attrs.get("ceil_mode", 0)
+                            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+                            or any(d != 1 for d in attrs.get("dilations", [1] * rank))
+                            or (average and any(pads) and not attrs.get("count_include_pad", 0)))
+
+
+def _whole_map(g: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Whether an AveragePool averages its whole (static) map into one value per channel."""
+    attrs = attributes(node)
+    shape = g.static_shape(node.input[0])
+    return (shape is not None and len(shape) >= 3 and None not in shape[2:]
+            and list(attrs.get("kernel_shape", [])) == shape[2:] and not any(attrs.get("pads", []))
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
 
 
 def _pool_taps(g: GraphIndex, x: str, kernel: list[int], strides: list[int], base: str) -> tuple[list, list[str]]:
@@ -197,10 +210,13 @@ def _pool_taps(g: GraphIndex, x: str, kernel: list[int], strides: list[int], bas
 
 
 def _rewrite_pool(p: _Pass, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
-    """Pooling as Max/Sum of strided Slices, when its input's spatial dims are dynamic."""
+    """Pooling as GlobalAveragePool (a whole-map average) or Max/Sum of strided Slices, where its gradient
+    would crash ORT."""
     g = p.g
     if not _slicable_pool(g, node):
         return None
+    if node.op_type == "AveragePool" and _whole_map(g, node):
+        return [g.node("GlobalAveragePool", [node.input[0]], _base(node), "global", output=node.output[0])]
     attrs, base, x = attributes(node), _base(node), node.input[0]
     kernel = list(attrs["kernel_shape"])
     rank, dtype, average = len(kernel), g.dtype(x), node.op_type == "AveragePool"
@@ -227,8 +243,9 @@ _RULES: dict[str, _Rule] = {
     "HardSigmoid": _Rule(_rewrite_hard_sigmoid, "Mul, Add, Clip (ORT has no HardSigmoid gradient)"),
     "HardSwish": _Rule(_rewrite_hard_swish, "Mul, Add, Clip, Mul (ORT has no HardSwish gradient)"),
     "PRelu": _Rule(_rewrite_prelu, "Relu, Sub, Mul, Add (ORT has no PRelu gradient)"),
-    "MaxPool": _Rule(_rewrite_pool, "Slices and Max (its gradient crashes ORT on dynamic height/width)"),
-    "AveragePool": _Rule(_rewrite_pool, "Slices and Sum (its gradient crashes ORT on dynamic height/width)"),
+    "MaxPool": _Rule(_rewrite_pool, "Slices and Max (its gradient crashes ORT on a dynamic height or width)"),
+    "AveragePool": _Rule(_rewrite_pool, "GlobalAveragePool or Slices and Sum (its gradient crashes ORT on any "
+                                        "dynamic dimension, the batch included)"),
 }
 
 

@@ -81,6 +81,12 @@ class ActivationCache:
         return sum(a.nbytes for a in self.arrays.values())
 
     @property
+    def rms(self) -> float:
+        """Root mean square of every cached activation value (the scale of the features a head reads)."""
+        total = sum(float(np.square(a, dtype=np.float64).sum()) for a in self.arrays.values())
+        return (total / max(1, sum(a.size for a in self.arrays.values()))) ** 0.5
+
+    @property
     def on_disk(self) -> bool:
         """Whether some activations live in memory-mapped files (they exceeded `mem_limit`)."""
         return any(isinstance(a, np.memmap) for a in self.arrays.values())

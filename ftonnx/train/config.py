@@ -12,6 +12,8 @@ from ftonnx.runtime import DEVICES
 from ftonnx.train.schedule import SCHEDULES
 
 OPTIMIZERS = ("adamw", "sgd")
+# The feature scale the default head rate suits: ImageNet backbones' pooled features (EfficientNet-Lite0: 0.41).
+FEATURE_RMS = 0.4
 FREEZE_POLICIES = ("backbone", "none", "until:SPEC")
 
 
@@ -22,7 +24,10 @@ class TrainConfig:
     None means "the default for this model", filled in by `resolved`: lr 1e-3 when only the head
     trains and 1e-4 when pretrained backbone weights train too (ten times that with SGD), weight decay
     1e-4 with AdamW (SGD has none), one warmup epoch when there are several, augmentation on when a
-    backbone parameter trains or augmented views are cached.
+    backbone parameter trains or augmented views are cached. A head on small features learns slowly at
+    1e-3 (Adam moves each weight by about lr a step, so the logits move in proportion to the features):
+    when only the head trains and the features' RMS is known and below FEATURE_RMS, the rate is raised
+    by FEATURE_RMS / RMS.
     """
 
     epochs: int = 5
@@ -69,9 +74,10 @@ class TrainConfig:
             if not ok:
                 raise FtonnxError(message)
 
-    def resolved(self, *, backbone_trains: bool) -> "TrainConfig":
-        """A copy with every None default filled in for a model whose backbone does (not) train."""
-        lr = 1e-4 if backbone_trains else 1e-3
+    def resolved(self, *, backbone_trains: bool, feature_rms: float | None = None) -> "TrainConfig":
+        """A copy with every None default filled in for a model whose backbone does (not) train, and whose
+        head reads features of root-mean-square `feature_rms` (when known)."""
+        lr = 1e-4 if backbone_trains else 1e-3 * max(1.0, FEATURE_RMS / feature_rms if feature_rms else 1.0)
         return dataclasses.replace(
             self,
             lr=self.lr or (lr * 10 if self.optimizer == "sgd" else lr),

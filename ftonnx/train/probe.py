@@ -20,9 +20,12 @@ from ftonnx.errors import FtonnxError
 from ftonnx.train.artifacts import Artifacts
 
 # gradient op -> why its forward node is the likely culprit of a native crash
-_POOL_GRAD = ("its gradient kernel reads a static output shape and crashes on dynamic height/width; "
-              "fix the input height and width")
-_KNOWN_CRASHERS = {"MaxPoolGrad": _POOL_GRAD, "AveragePoolGrad": _POOL_GRAD}
+_KNOWN_CRASHERS = {
+    "MaxPoolGrad": "its gradient kernel reads a static output shape and crashes on a dynamic height or width; "
+                   "fix the input height and width",
+    "AveragePoolGrad": "its gradient kernel reads a static output shape and crashes on any dynamic input dimension, "
+                       "the batch included",
+}
 
 # Gradient ops that ftonnx's own tests train through in-process on ORT 1.19.2 (Gemm, Clip, Mul and
 # the like backpropagate through plain ops, not *Grad ones). A training graph with any other gets
