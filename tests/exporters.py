@@ -12,6 +12,7 @@ All take 32x32 images and carry ftonnx preprocessing metadata, so tests run in s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections.abc import Callable
@@ -212,3 +213,141 @@ def write_model(kind: str, folder: Path) -> Path:
     path = folder / f"{kind}.onnx"
     onnx.save(BUILDERS[kind](), str(path))
     return path
+
+
+# Raw models, as users receive them from other exporters: no ftonnx metadata at all.
+
+def strip(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without any metadata_props."""
+    del model.metadata_props[:]
+    return model
+
+
+def torchscript(opset: int) -> onnx.ModelProto:
+    """The SE network from torch's TorchScript exporter at `opset` (11: below ORT training's 12 and per-channel
+    int8's 13), dynamic batch, height and width."""
+    return strip(_export(_torch_net(), input_name="input", output_name="logits", opset=opset))
+
+
+def dynamo() -> onnx.ModelProto:
+    """The SE network from torch's dynamo exporter (torch.export; opset 18), dynamic batch, height and width."""
+    torch = require_torch()
+    batch, h, w = (torch.export.Dim(n, min=m, max=1024) for n, m in (("batch", 1), ("height", 16), ("width", 16)))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_torch_net(), (torch.zeros(2, 3, SIZE, SIZE),), dynamo=True, verbose=False,
+                                    input_names=["pixels"], output_names=["scores"],
+                                    dynamic_shapes=({0: batch, 2: h, 3: w},))
+    return strip(program.model_proto)
+
+
+def _small_net(kind: str):
+    """Small torch networks with one feature other exporters leave (see `feature_model`)."""
+    torch = require_torch()
+    nn = torch.nn
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(1 if kind == "grayscale" else 3, 8, 3, 2, 1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())  # 32x32 -> 8x8
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.fc, self.scores = body, nn.Linear(16, NUM_CLASSES), nn.Conv2d(16, 7, 1)
+
+        def forward(self, x):
+            x = self.body(x)
+            if kind == "fully_conv":  # class scores by a 1x1 Conv, then pooled (SqueezeNet, some Keras models)
+                return torch.softmax(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.scores(x)), 1),
+                                                   1), 1)
+            if kind == "keras_pool":  # AveragePool over the whole static 8x8 map, as Keras and TF.js export it
+                return self.fc(torch.flatten(nn.functional.avg_pool2d(x, 8), 1))
+            if kind == "batch_one":  # a fixed batch of 1 in the graph's shapes, as TFLite conversions have
+                return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).view(1, -1))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    return Net().eval()
+
+
+def feature_model(kind: str) -> onnx.ModelProto:
+    """A raw model with one feature real exporters leave, on a static 32x32 input: `keras_pool`, `grayscale`,
+    `batch_one` (no dynamic batch), `fully_conv`, `dequantized` (weights as DequantizeLinear of int8)."""
+    torch = require_torch()
+    net = _small_net(kind)
+    channels = 1 if kind == "grayscale" else 3
+    axes = {} if kind == "batch_one" else {"input": {0: "batch"}, "output": {0: "batch"}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, channels, SIZE, SIZE), buf, dynamo=False, opset_version=13,
+                          input_names=["input"], output_names=["output"], dynamic_axes=axes)
+    model = onnx.load_from_string(buf.getvalue())
+    return _int8_weights(model) if kind == "dequantized" else model
+
+
+def _int8_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every Conv and Gemm weight stored as int8 with per-output-channel scales behind DequantizeLinear."""
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            scale = (np.abs(w).reshape(len(w), -1).max(axis=1) / 127).astype(np.float32)
+            q = np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))).astype(np.int8)
+            name = node.input[1]
+            model.graph.initializer.remove(inits[name])
+            model.graph.initializer.extend([numpy_helper.from_array(q, name + "_int8"),
+                                            numpy_helper.from_array(scale, name + "_scale")])
+            nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale"], [name], axis=0))
+    rest = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes + rest)
+    return model
+
+
+def _prepend(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
+             new_input: onnx.ValueInfoProto) -> onnx.ModelProto:
+    """A raw copy of `model` whose input first goes through `nodes` (the old input becomes their output)."""
+    result = strip(onnx.ModelProto.FromString(model.SerializeToString()))
+    old = result.graph.input[0].name
+    for node in result.graph.node:
+        node.input[:] = ["composite.in" if i == old else i for i in node.input]
+    result.graph.input[0].CopyFrom(new_input)
+    rest = list(result.graph.node)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes + rest)
+    result.graph.initializer.extend(inits)
+    return result
+
+
+def zoo_composites(zoo: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
+    """The zoo's EfficientNet-Lite0 (trained on (x - 127) / 128, close to `inception`) as a raw model, and behind
+    a prepended affine, channel flip or transpose, so the composite expects `imagenet`, BGR, or NHWC input."""
+    image = lambda *dims: helper.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, ["batch", *dims])  # noqa: E731
+    mean, std = np.array([123.675, 116.28, 103.53], np.float32), np.array([58.395, 57.12, 57.375], np.float32)
+    affine = [numpy_helper.from_array((std / 128).reshape(1, 3, 1, 1), "composite.scale"),
+              numpy_helper.from_array(((mean - 127) / 128).reshape(1, 3, 1, 1), "composite.shift")]
+    return {
+        "inception": strip(onnx.ModelProto.FromString(zoo.SerializeToString())),
+        "imagenet": _prepend(zoo, [helper.make_node("Mul", ["pixels", "composite.scale"], ["composite.scaled"]),
+                                   helper.make_node("Add", ["composite.scaled", "composite.shift"], ["composite.in"])],
+                             affine, image(3, 224, 224)),
+        "bgr": _prepend(zoo, [helper.make_node("Gather", ["pixels", "composite.flip"], ["composite.in"], axis=1)],
+                        [numpy_helper.from_array(np.array([2, 1, 0], np.int64), "composite.flip")], image(3, 224, 224)),
+        "nhwc": _prepend(zoo, [helper.make_node("Transpose", ["pixels"], ["composite.in"], perm=[0, 3, 1, 2])], [],
+                         image(224, 224, 3)),
+    }
+
+
+def small_features(zoo: onnx.ModelProto) -> onnx.ModelProto:
+    """The zoo model as a raw model whose pooled features are 100 times smaller (as some exporters' are)."""
+    result = strip(onnx.ModelProto.FromString(zoo.SerializeToString()))
+    pool = next(n for n in result.graph.node if n.op_type == "GlobalAveragePool" and "_avg_pooling" in n.name)
+    scaled = pool.output[0]
+    pool.output[0] = scaled + ".unscaled"
+    result.graph.initializer.append(numpy_helper.from_array(np.array(0.01, np.float32), "feature.scale"))
+    nodes = list(result.graph.node)
+    at = next(i for i, n in enumerate(nodes) if n is pool or n.name == pool.name) + 1
+    nodes.insert(at, helper.make_node("Mul", [scaled + ".unscaled", "feature.scale"], [scaled], name="/scale/Mul"))
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    return result
