@@ -189,3 +189,20 @@ def test_a_head_on_small_features_trains_as_well_as_on_the_zoo_features(zoo_raw:
     assert re.search(r"head learning rate 0\.09\d+: the features' RMS is 0\.004\d+", stderr), stderr
     best = max(json.loads(line)["val_top1"] for line in (run / "metrics.jsonl").read_text().splitlines())
     assert best >= 0.93  # 0.80 at the unscaled default rate; the zoo's own features reach 0.9346
+
+
+def test_any_model_file_exports_with_its_own_calibration_images(models: dict[str, Path], colours: Path,
+                                                                 tmp_path: Path) -> None:
+    """`export MODEL.onnx --int8 --calib DIR`: not a run folder; the dynamo graph also trips ORT's symbolic
+    shape inference in the quantiser's pre-processing, which must fall back to onnx's."""
+    run_ok("export", models["dynamo"], "-o", tmp_path / "edge", "--int8", "--calib", colours / "train",
+           "--preprocess", "unit", "--size", 32)
+    report = json.loads((tmp_path / "edge" / "report.json").read_text())
+    assert report["calibration_images"] == 30 and report["model"] == str(models["dynamo"])
+    assert [v["name"] for v in report["variants"]] == ["float", "int8"] and report["val_images"] == 0
+    code, _, stderr = cli("export", models["keras_pool"], "-o", tmp_path / "other", "--int8", "--calib",
+                          colours / "train", "--preprocess", "unit", "--data", colours)
+    assert code == 2 and "no class labels to measure accuracy with" in stderr
+    code, _, stderr = cli("export", models["keras_pool"], "-o", tmp_path / "other", "--int8", "--preprocess", "unit")
+    assert code == 2 and "int8 needs calibration images: pass --calib DIR" in stderr
+    assert not (tmp_path / "other").exists()
