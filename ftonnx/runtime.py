@@ -149,8 +149,3 @@ def run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[
         return session.run(outputs, feeds)
     except Exception as exc:  # onnxruntime's error types derive from Exception only
         raise FtonnxError(f"onnxruntime cannot run the model ({first_line(exc)})") from None
-
-
-def input_shape(session: Any) -> list[int | str | None]:
-    """The declared shape of a session's first input: ints where fixed, names or None where not."""
-    return list(session.get_inputs()[0].shape)
