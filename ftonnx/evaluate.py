@@ -24,13 +24,16 @@ from ftonnx.metadata import Preprocess
 from ftonnx.preprocess import PreprocessFlags, facts_from_shape, resolve_facts
 from ftonnx.preprocess.use import preprocess_for
 from ftonnx.progress import log
-from ftonnx.runtime import image_input, inference_session, session_metadata
+from ftonnx.runtime import image_input, inference_session, run, session_metadata
+
+PREDICT_BATCH_BYTES = 256 << 20  # input bytes of one prediction batch: a handful of huge images at most
 
 
 def _session(model: str | os.PathLike | onnx.ModelProto,
              providers: Sequence[str] | None = None) -> tuple[Any, metadata.Meta]:
-    """An InferenceSession for `model` (CPU unless `providers` says otherwise) and its ftonnx metadata."""
-    sess = inference_session(model, providers=providers)
+    """An InferenceSession for `model` (CPU unless `providers` says otherwise, checked first as a model from
+    outside) and its ftonnx metadata."""
+    sess = inference_session(model, providers=providers, untrusted=True)
     return sess, session_metadata(sess)
 
 
@@ -42,11 +45,12 @@ def _output(sess: Any, output: str) -> str:
 
 
 def _preprocess(given: Preprocess | None, sess: Any, meta: metadata.Meta) -> Preprocess:
-    """`given`, else what the model's metadata and input shape say (one line saying what is missing)."""
-    if given is not None:
-        return given
+    """`given`, else what the model's metadata and input shape say (one line saying what is missing); either
+    way checked against the declared input (metadata may contradict it)."""
     image = sess.get_inputs()[0]
-    return resolve_facts(facts_from_shape(image.name, list(image.shape)), meta.preprocess).require()
+    preprocess = given or resolve_facts(facts_from_shape(image.name, list(image.shape)), meta.preprocess).require()
+    preprocess.check_input(list(image.shape), image.name)
+    return preprocess
 
 
 def preprocessing(model: str | os.PathLike | onnx.ModelProto, flags: PreprocessFlags | None,
@@ -72,7 +76,7 @@ def class_probabilities(sess: Any, x: np.ndarray) -> np.ndarray:
     outputs = [o.name for o in sess.get_outputs()]
     out = "probabilities" if "probabilities" in outputs else outputs[0]
     name, dtype = image_input(sess)
-    scores = np.asarray(sess.run([out], {name: x.astype(dtype, copy=False)})[0], np.float64)
+    scores = np.asarray(run(sess, [out], {name: x.astype(dtype, copy=False)})[0], np.float64)
     if scores.ndim != 2:
         raise FtonnxError(f"output {out!r} has shape {scores.shape}; a classifier's is (batch, classes)")
     return scores if out == "probabilities" or _are_probabilities(scores) else np.exp(_log_softmax(scores))
@@ -104,7 +108,7 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *, pr
     out = _output(sess, output)
     tally = _Tally(len(labels))
     for x, y in Loader(dataset, _preprocess(preprocess, sess, meta), batch_size=batch_size).epoch(0):
-        scores = np.asarray(sess.run([out], {name: x.astype(dtype, copy=False)})[0], np.float64)
+        scores = np.asarray(run(sess, [out], {name: x.astype(dtype, copy=False)})[0], np.float64)
         if scores.ndim != 2 or scores.shape[1] != len(labels):
             raise FtonnxError(f"output {out!r} has shape {scores.shape}; expected (batch, {len(labels)}) "
                               f"for {len(labels)} labels")
@@ -153,6 +157,7 @@ def predict(model: str | os.PathLike | onnx.ModelProto, images: list[str], *, to
         raise FtonnxError(f"top must be at least 1, not {top}")
     sess, meta = _session(model, providers)
     pre = _preprocess(preprocess, sess, meta)
+    batch_size = max(1, min(batch_size, PREDICT_BATCH_BYTES // (4 * pre.channels * pre.size[0] * pre.size[1])))
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]

@@ -17,12 +17,12 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
 
-from ftonnx import metadata
+from ftonnx import folders, metadata
 from ftonnx.data import Dataset, Loader, check_classes, discover
 from ftonnx.errors import FtonnxError
 from ftonnx.export.inference import export_inference
@@ -40,13 +40,17 @@ from ftonnx.train.loop import TrainResult
 from ftonnx.train.loop import train as train_loop
 from ftonnx.train.run import RunFolder, RunRecord
 
+RUN_SIZE_FACTOR = 4  # a run folder holds about this many copies of the model: artifacts, two checkpoints, model.onnx
+
 
 def data_args(data: str, *, val: str | None = None, val_split: float | None = None, list_file: str | None = None,
-              val_list: str | None = None, seed: int = 0, strict: bool = False) -> dict[str, Any]:
+              val_list: str | None = None, seed: int = 0, strict: bool = False,
+              labels: list[str] | None = None) -> dict[str, Any]:
     """The keyword arguments of `ftonnx.data.discover` for these options (stored in RUN/config.json)."""
     return {"data": str(Path(data).expanduser().absolute()), "val": val and str(Path(val).expanduser().absolute()),
             "val_split": val_split, "list_file": list_file and str(Path(list_file).expanduser().absolute()),
-            "val_list": val_list and str(Path(val_list).expanduser().absolute()), "seed": seed, "strict": strict}
+            "val_list": val_list and str(Path(val_list).expanduser().absolute()), "seed": seed, "strict": strict,
+            "labels": labels}
 
 
 def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os.PathLike,
@@ -56,14 +60,14 @@ def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os
     from ftonnx.graph import load
 
     run, config = RunFolder(run_dir), config or TrainConfig()
-    stored = _start(run, config)
-    if stored is not None:
-        config, args, source = stored.config, stored.data_args, stored.source
-    else:
-        source = {"model": str(Path(model_path).absolute())}
-    datasets = _datasets(args)
-    model = _preprocessed(load(source["model"]), preprocess, datasets[0], source)
-    return _run(model, datasets, run, RunRecord(config, args, source), stored)
+    with _started(run, config, args, model_path, ("model",)) as stored:
+        if stored is not None:
+            config, args, source = stored.config, stored.data_args, stored.source
+        else:
+            source = {"model": str(Path(model_path).absolute())}
+        datasets = _datasets(args)
+        model = _preprocessed(load(source["model"]), preprocess, datasets[0], source)
+        return _run(model, datasets, run, RunRecord(config, args, source), stored)
 
 
 def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str, Any], run_dir: str | os.PathLike,
@@ -76,18 +80,19 @@ def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str,
     from ftonnx.graph.head import add_head
 
     run, config = RunFolder(run_dir), config or TrainConfig()
-    stored = _start(run, config)
-    if stored is not None:
-        config, data_args, source = stored.config, stored.data_args, stored.source
-    else:
-        source = {"pretrained": str(Path(pretrained).absolute()), "node": node_spec, "hidden": hidden,
-                  "dropout": dropout, "last": last, "index": index}
-    datasets = _datasets(data_args)
-    original = _preprocessed(load(source["pretrained"]), preprocess, datasets[0], source)
-    backbone = cut(original, source["node"], last=source["last"], index=source["index"])
-    model = add_head(backbone, len(datasets[0].classes), hidden=source["hidden"], dropout=source["dropout"],
-                     seed=config.seed, labels=datasets[0].classes)
-    return _run(model, datasets, run, RunRecord(config, data_args, source), stored)
+    keys = ("pretrained", "node", "hidden", "dropout", "last", "index")
+    with _started(run, config, data_args, pretrained, keys) as stored:
+        if stored is not None:
+            config, data_args, source = stored.config, stored.data_args, stored.source
+        else:
+            source = {"pretrained": str(Path(pretrained).absolute()), "node": node_spec, "hidden": hidden,
+                      "dropout": dropout, "last": last, "index": index}
+        datasets = _datasets(data_args)
+        original = _preprocessed(load(source["pretrained"]), preprocess, datasets[0], source)
+        backbone = cut(original, source["node"], last=source["last"], index=source["index"])
+        model = add_head(backbone, len(datasets[0].classes), hidden=source["hidden"], dropout=source["dropout"],
+                         seed=config.seed, labels=datasets[0].classes)
+        return _run(model, datasets, run, RunRecord(config, data_args, source), stored)
 
 
 def _preprocessed(model: onnx.ModelProto, flags: PreprocessFlags | None, images: Dataset,
@@ -102,15 +107,40 @@ def _preprocessed(model: onnx.ModelProto, flags: PreprocessFlags | None, images:
     return metadata.update(clone(model), preprocess=chosen)
 
 
-def _start(run: RunFolder, config: TrainConfig) -> RunRecord | None:
-    """Check the options once, before any work; when resuming, the stored record, on the device asked for now."""
-    stored = None
-    if config.resume:
-        stored = run.resume_record()
-        stored.config = dataclasses.replace(stored.config, resume=True, device=config.device)
-    (stored.config if stored else config).validate()
+@contextlib.contextmanager
+def _started(run: RunFolder, config: TrainConfig, args: dict[str, Any], model: str | os.PathLike,
+             source_keys: tuple[str, ...]) -> Iterator[RunRecord | None]:
+    """Check the options once, then hold the run folder for the block (`RunFolder.claimed`: created or
+    adopted, locked, removed again when the run fails before its first checkpoint), all before any
+    decoding. When resuming, yields the stored record, on the device asked for now."""
+    if not config.resume:
+        _check_start(run, config, args)
+        folders.check_free(run.path.absolute().parent if not run.path.exists() else run.path,
+                           RUN_SIZE_FACTOR * _file_size(model), "a run of this model (artifacts, checkpoints, model)")
+    with run.claimed(config.resume):
+        stored = None
+        if config.resume:
+            stored = run.resume_record()
+            stored.config = dataclasses.replace(stored.config, resume=True, device=config.device)
+            if not isinstance(stored.source, dict) or not set(source_keys) <= set(stored.source):
+                raise FtonnxError(f"{run.config_path}: damaged: its source lacks {', '.join(source_keys)}; "
+                                  "was it written by another command?")
+            _check_start(run, stored.config, stored.data_args)
+        yield stored
+
+
+def _check_start(run: RunFolder, config: TrainConfig, args: dict[str, Any]) -> None:
+    """The options, the device, and where the run goes: not inside the data, and the data not inside it."""
+    config.validate()
     check_device(config.device)
-    return stored
+    folders.check_apart(run.path, [args.get("data"), args.get("val")], "--out")
+
+
+def _file_size(path: str | os.PathLike) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # loading it will say what is wrong
 
 
 def _datasets(args: dict[str, Any]) -> tuple[Dataset, Dataset]:
@@ -124,12 +154,13 @@ def _datasets(args: dict[str, Any]) -> tuple[Dataset, Dataset]:
 def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFolder, record: RunRecord,
          stored: RunRecord | None) -> TrainResult:
     """Train `model` on images, through the cached prefix when it can, and export RUN/model.onnx."""
-    run.check_start(record.config.resume)
     meta = metadata.read(model)
     if meta.labels is None:
         raise FtonnxError("the model's metadata has no class labels; add a head with `ftonnx head` or use "
                           "`ftonnx finetune`")
     check_classes(meta.labels, datasets[0].classes, hint="give a head for these classes (`ftonnx finetune`)")
+    name = _image_input(model)
+    meta.preprocess.check_input(GraphIndex(model).shapes.get(name), name)
     trainable = trainable_parameters(model, record.config.freeze)
     backbone_trains = any(p not in set(meta.head_params) for p in trainable)
     given = record.config
@@ -139,8 +170,7 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
     else:
         cut, why = plan(model, trainable, enabled=not config.no_cache, augment=config.augment,
                         views=config.cache_views)
-    name = _image_input(model)
-    with run.removed_unless_started(), contextlib.ExitStack() as cleanup:
+    with contextlib.ExitStack() as cleanup:
         if cut:
             trained, batches, val = _cached(model, cut, datasets, run, record, cleanup)
             if not backbone_trains:

@@ -10,12 +10,14 @@ import sys
 import time
 from typing import TextIO
 
+from ftonnx.errors import printable
+
 _PLAIN_INTERVAL_S = 10.0
 
 
 def log(line: str, stream: TextIO | None = None) -> None:
-    """One line of training news on stderr (never stdout, which belongs to results)."""
-    print(line, file=stream or sys.stderr, flush=True)
+    """One line of training news on stderr (never stdout, which belongs to results), control characters escaped."""
+    print(printable(line), file=stream or sys.stderr, flush=True)
 
 
 class Progress:

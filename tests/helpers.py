@@ -3,6 +3,8 @@ Runtime, invoking the CLI, and training from arrays."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -44,6 +46,22 @@ def write_image(path: Path, size: tuple[int, int] = (30, 24), seed: int = 0) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> Path:
+    """A 16-bit PNG of `pixels` (H, W) grey or (H, W, 2|3|4) grey+alpha, RGB, RGBA; Pillow cannot write these."""
+    pixels = np.asarray(pixels, np.uint16)
+    height, width = pixels.shape[:2]
+    colour = 0 if pixels.ndim == 2 else {2: 4, 3: 2, 4: 6}[pixels.shape[2]]
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels.reshape(height, -1))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     return path
 
 

@@ -12,20 +12,22 @@ from helpers import REPO
 MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),
     "ortshim": set(),
+    "folders": {"errors", "files"},
+    "isolated": {"errors"},
     "metadata": {"errors"},
     "files": {"errors"},
-    "progress": set(),
-    "graph": {"errors", "metadata"},
+    "progress": {"errors"},
+    "graph": {"errors", "metadata", "files", "isolated"},
     "data": {"errors", "metadata"},
-    "runtime": {"errors", "metadata"},
+    "runtime": {"errors", "metadata", "isolated", "graph"},
     "preprocess": {"errors", "metadata", "graph", "data", "runtime"},
     "evaluate": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess"},
-    "train": {"errors", "metadata", "files", "progress", "graph", "data", "runtime"},
-    "export": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate",
-               "train"},
+    "train": {"errors", "metadata", "files", "folders", "progress", "graph", "data", "runtime"},
+    "export": {"errors", "metadata", "files", "folders", "progress", "graph", "data", "runtime", "preprocess",
+               "evaluate", "train"},
     "zoo": {"errors", "metadata", "graph"},
-    "pipeline": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate",
-                 "train", "export"},
+    "pipeline": {"errors", "metadata", "files", "folders", "progress", "graph", "data", "runtime", "preprocess",
+                 "evaluate", "train", "export"},
     "demo": {"errors", "metadata", "progress", "graph", "data", "evaluate", "train", "pipeline", "zoo"},
     "cli": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate", "train",
             "export", "pipeline", "demo", "zoo"},
@@ -75,3 +77,21 @@ def test_functions_are_short() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+def test_no_pickle_eval_or_shell() -> None:
+    """Nothing a model, a data set or a run folder holds is ever unpickled, evaluated as code or run by a shell."""
+    found = []
+    for _, path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = node.module if isinstance(node, ast.ImportFrom) else ""
+            if {"pickle", "marshal", "shelve", "dill"} & {*names, module or ""}:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} imports {names or module}")
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", "")
+                if (isinstance(node.func, ast.Name) and name in ("eval", "exec")) or name in ("system", "popen") or \
+                        any(k.arg in ("shell", "allow_pickle") and getattr(k.value, "value", None) is True
+                            for k in node.keywords):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} calls {name}")
+    assert not found, found

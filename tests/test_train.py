@@ -129,7 +129,7 @@ def test_cuda_without_the_cuda_build_is_a_clear_error(tiny_path: Path, colours: 
     (("--freeze", "until:/head/fc/Gemm"), "leaves no parameter to train"),
     (("--optimizer", "sgd", "--weight-decay", "0.1"), "ORT's SGD has no weight decay"),
     (("--warmup-epochs", "9"), "--warmup-epochs must be between 0 and --epochs"),
-    (("--resume",), "no config.json to resume from"),
+    (("--resume",), "no checkpoint to resume from"),
     (("--node", "nosuchnode"), "no node or tensor matches 'nosuchnode'"),
 ])
 def test_bad_finetune_options_fail_cleanly(tiny_path: Path, colours: Path, tmp_path: Path,

@@ -7,19 +7,19 @@ import sys
 import click
 
 from ftonnx import __version__
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, printable
 
 
 class _Group(click.Group):
-    """Turns FtonnxError and a command's bad options into one line on stderr and exit code 2, never a
-    traceback or a usage screen (`--help` shows that)."""
+    """Turns FtonnxError and a command's bad options into one line on stderr (control characters escaped) and
+    exit code 2, never a traceback or a usage screen (`--help` shows that)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (FtonnxError, click.UsageError) as exc:
             message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
-            click.echo(f"ftonnx: error: {message}", err=True)
+            click.echo(f"ftonnx: error: {printable(message)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("ftonnx: interrupted", err=True)

@@ -5,10 +5,13 @@ Imports stay light here (click only): every command's start-up pays for what thi
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
 
 import click
+
+from ftonnx.cli._output import echo
 
 EXPORT_VARIANTS = ("int8", "fp16", "ort", "on-device")
 
@@ -152,6 +155,7 @@ def train_options(f: Callable) -> Callable:
                      help="List file of 'relative/path label' lines (MNN's layout), paths relative to --data."),
         click.option("--val-list", type=click.Path(dir_okay=False),
                      help="Validation list file, paths relative to --val or --data."),
+        click.option("--labels", type=CommaList(), help="Names of --list's integer labels 0, 1, ... (else: 0..K-1)."),
         click.option("--epochs", default=5, type=click.IntRange(min=1), help="Passes over the training images."),
         click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True),
@@ -185,9 +189,7 @@ def train_options(f: Callable) -> Callable:
                      help="Continue the run in --out from its last checkpoint, with the options it started with."),
         click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return functools.reduce(lambda decorated, option: option(decorated), reversed(options), f)
 
 
 def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -196,7 +198,7 @@ def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     from ftonnx.train.config import TrainConfig
 
     args = data_args(opts["data"], val=opts["val"], val_split=opts["val_split"], list_file=opts["list_file"],
-                     val_list=opts["val_list"], seed=opts["seed"], strict=opts["strict"])
+                     val_list=opts["val_list"], seed=opts["seed"], strict=opts["strict"], labels=opts["labels"])
     config = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
                          optimizer=opts["optimizer"], weight_decay=opts["weight_decay"], schedule=opts["schedule"],
                          warmup_epochs=opts["warmup_epochs"], freeze=opts["freeze"], augment=opts["augment"],
@@ -209,4 +211,4 @@ def echo_result(result: Any) -> None:
     """The last lines of a run: its best val top-1 and where the model is."""
     best = result.best
     click.echo(f"val top-1 {best['val_top1']:.4f} (epoch {best['epoch']}, val loss {best['val_loss']:.4f})")
-    click.echo(f"model: {result.model_path}")
+    echo(f"model: {result.model_path}")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ftonnx.cli._options import preprocess_flags, preprocess_options
+from ftonnx.cli._output import echo
 
 
 @click.command("cut")
@@ -35,5 +36,5 @@ def command(model: str, spec: str, output: str, last: bool, index: int | None, *
     result = cut(original, spec, last=last, index=index)
     save_model(result, output)
     tensor = result.graph.output[0].name
-    click.echo(f"wrote {output}: output {tensor} {format_shape(GraphIndex(result).shapes.get(tensor))}, "
+    echo(f"wrote {output}: output {tensor} {format_shape(GraphIndex(result).shapes.get(tensor))}, "
                f"{len(result.graph.node)} of {len(original.graph.node)} nodes kept")

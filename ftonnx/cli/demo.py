@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ftonnx.cli._output import echo
+
 
 @click.command("demo")
 @click.option("--out", default="demo-run", type=click.Path(file_okay=False),
@@ -21,5 +23,5 @@ def command(out: str, epochs: int, seed: int) -> None:
     report = run_demo(Path(out), epochs=epochs, seed=seed)
     click.echo(f"held-out digits: top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f} "
                f"over {report['count']} images")
-    click.echo(f"model: {report['model']}")
-    click.echo(f"try:   ftonnx predict {report['model']} {Path(out) / 'digits' / 'val' / '7'}/*.png --top 3")
+    echo(f"model: {report['model']}")
+    echo(f"try:   ftonnx predict {report['model']} {Path(out) / 'digits' / 'val' / '7'}/*.png --top 3")

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from ftonnx.cli._options import preprocess_flags, preprocess_options
+from ftonnx.cli._output import echo
+from ftonnx.errors import printable
 
 
 @click.command("eval")
@@ -30,14 +32,14 @@ def command(model: str, data: str, list_file: str | None, batch_size: int, stric
     train, val = discover(data, list_file=list_file, strict=strict)
     dataset = val if val is not None else train
     for path, reason in train.skipped + (val.skipped if val is not None else []):
-        click.echo(f"ftonnx: skipped {path}: {reason}", err=True)
+        echo(f"ftonnx: skipped {path}: {reason}", err=True)
     result = evaluate(model, dataset, batch_size=batch_size,
                       preprocess=preprocessing(model, preprocess_flags(opts), dataset))
     click.echo(json.dumps(result) if as_json else _table(result))
 
 
 def _table(result: dict) -> str:
-    """The metrics as a compact table; the confusion matrix only when it fits on a screen."""
+    """The metrics as a compact table, each line escaped; the confusion matrix only when it fits on a screen."""
     top5 = f"  top5 {result['top5']:.4f}" if "top5" in result else ""
     lines = [f"images {result['count']}  loss {result['loss']:.4f}  top1 {result['top1']:.4f}{top5}"]
     names = list(result["per_class"])
@@ -53,4 +55,4 @@ def _table(result: dict) -> str:
         if show_confusion:
             line += "  " + " ".join(f"{v:>5}" for v in row)
         lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))

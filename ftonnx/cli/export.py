@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ftonnx.cli._options import preprocess_flags, preprocess_options
+from ftonnx.cli._output import echo, progress_line
 
 
 @click.command("export")
@@ -45,6 +46,6 @@ def command(source: str, output: str, int8: bool, fp16: bool, ort: bool, on_devi
     else:
         origin = model_source(source, calib=calib, data=data, preprocess=flags)
     report = export_run(origin, output, int8=int8, fp16=fp16, ort=ort, on_device=on_device, calib_count=calib_count,
-                        threads=threads, progress=lambda message: click.echo(message, err=True))
+                        threads=threads, progress=progress_line)
     click.echo(format_table(report))
-    click.echo(f"wrote {output}")
+    echo(f"wrote {output}")

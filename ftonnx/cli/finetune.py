@@ -15,6 +15,7 @@ from ftonnx.cli._options import (
     split_train_options,
     train_options,
 )
+from ftonnx.cli._output import echo, progress_line
 
 
 @click.command("finetune")
@@ -49,5 +50,5 @@ def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidd
         out = RunFolder(result.run_dir).export_dir
         flags = {v.replace("-", "_"): v in export_variants for v in EXPORT_VARIANTS}
         click.echo(format_table(export_run(result.run_dir, out, **flags,
-                                           progress=lambda message: click.echo(message, err=True))))
-        click.echo(f"exported: {out}")
+                                           progress=progress_line)))
+        echo(f"exported: {out}")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ftonnx.cli._options import CommaList, preprocess_flags, preprocess_options
+from ftonnx.cli._output import echo
 
 
 @click.command("head")
@@ -38,7 +39,7 @@ def command(backbone: str, num_classes: int | None, data: str | None, output: st
     result = add_head(model, len(labels), hidden=hidden, dropout=dropout, seed=seed, labels=labels)
     save_model(result, output)
     meta = read(result)
-    click.echo(f"wrote {output}: head on {meta.feature} -> logits ({len(labels)} classes: "
+    echo(f"wrote {output}: head on {meta.feature} -> logits ({len(labels)} classes: "
                f"{', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''}), "
                f"parameters {', '.join(meta.head_params)}")
 

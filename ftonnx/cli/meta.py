@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ftonnx.cli._options import CommaList, preprocess_flags, preprocess_options
+from ftonnx.cli._output import echo, progress_line
 
 
 @click.command("meta")
@@ -33,9 +34,9 @@ def command(model: str, output: str, labels: list[str] | None, labels_file: str 
     flags = preprocess_flags(opts)
     check_output_path(output)
     images = discover(data)[0] if data else None
-    result = with_labels(recorded(load(model), flags, images, say=lambda line: click.echo(line, err=True)),
+    result = with_labels(recorded(load(model), flags, images, say=progress_line),
                          labels, labels_file)
     save_model(result, output)
     summary = summarize(result, preprocess=describe(resolve(result)))
     click.echo(format_summary(summary))
-    click.echo(f"wrote {output}")
+    echo(f"wrote {output}")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ftonnx.cli._options import preprocess_flags, preprocess_options
+from ftonnx.cli._output import echo
 
 
 @click.command("predict")
@@ -37,9 +38,9 @@ def command(model: str, images: tuple[str, ...], top: int, as_json: bool, csv_pa
                                for image, best in zip(files, results)]))
         return
     for image, best in zip(files, results):
-        click.echo(image)
+        echo(image)
         for label, p in best:
-            click.echo(f"  {p:.4f}  {label}")
+            echo(f"  {p:.4f}  {label}")
 
 
 def _as_dataset(files: list[str]) -> Any:

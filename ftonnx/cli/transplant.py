@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ftonnx.cli._output import echo, echo_lines
+
 
 @click.command("transplant")
 @click.option("--from", "pretrained", required=True, type=click.Path(dir_okay=False),
@@ -21,6 +23,5 @@ def command(pretrained: str, target: str, output: str) -> None:
     check_output_path(output)
     model, report = transplant(load(pretrained), load(target))
     save_model(model, output)
-    for line in report.lines():
-        click.echo(line)
-    click.echo(f"wrote {output}")
+    echo_lines(report.lines())
+    echo(f"wrote {output}")

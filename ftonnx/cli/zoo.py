@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ftonnx.cli._output import echo
+
 
 @click.group("zoo")
 def command() -> None:
@@ -28,4 +30,4 @@ def export(name: str, output: str, opset: int) -> None:
     from ftonnx import zoo
 
     model = zoo.export_model(name, output, opset=opset)
-    click.echo(f"wrote {output}: {name}, opset {opset}, {len(model.graph.node)} nodes")
+    echo(f"wrote {output}: {name}, opset {opset}, {len(model.graph.node)} nodes")

@@ -7,6 +7,7 @@ validation split (seeded, stratified per class).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ftonnx.data.images import DECODE_ERRORS
+from ftonnx.data.images import DECODE_ERRORS, RANGED_MODES, eight_bit
 from ftonnx.errors import FtonnxError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -31,12 +32,15 @@ class Dataset:
 
 
 def discover(data: str, *, val: str | None = None, val_split: float | None = None, list_file: str | None = None,
-             val_list: str | None = None, seed: int = 0, strict: bool = False) -> tuple[Dataset, Dataset | None]:
+             val_list: str | None = None, seed: int = 0, strict: bool = False,
+             labels: list[str] | None = None) -> tuple[Dataset, Dataset | None]:
     """The training set and the validation set (None when there is none) that the arguments describe.
 
     With `list_file`, DATA is the image root of `relative/path label` lines (`val_list` likewise,
-    rooted at `val` or DATA). Otherwise DATA is one folder per class, or holds train/ and val/;
-    `val` is a separate folder per class; `val_split` holds out that fraction of each class.
+    rooted at `val` or DATA); integer labels must number the classes 0..K-1, unless `labels` names
+    the classes (index order), and a path listed twice is used once. Otherwise DATA is one folder per
+    class, or holds train/ and val/; `val` is a separate folder per class; `val_split` holds out that
+    fraction of each class.
     """
     root = Path(data).expanduser().absolute()
     if not root.is_dir():
@@ -45,14 +49,15 @@ def discover(data: str, *, val: str | None = None, val_split: float | None = Non
         raise FtonnxError(f"--val-split must lie between 0 and 1, not {val_split}")
     if val_list is not None and list_file is None:
         raise FtonnxError("a validation list needs a training list too: pass --list")
+    if labels is not None and list_file is None:
+        raise FtonnxError("--labels names the classes of a list file's integer labels: pass --list")
     if list_file is not None:
-        paths, tokens = _read_list(list_file, root)
-        classes = _list_classes(tokens)
-        train = _checked(paths, _indices(tokens, classes, list_file, list_file), classes, strict)
+        named = labels is not None
+        train, classes = _listed(list_file, root, labels, named=named, strict=strict)
         val_set = None
         if val_list is not None:
-            vpaths, vtokens = _read_list(val_list, Path(val).expanduser().absolute() if val else root)
-            val_set = _checked(vpaths, _indices(vtokens, classes, val_list, list_file), classes, strict)
+            val_root = Path(val).expanduser().absolute() if val else root
+            val_set = _listed(val_list, val_root, classes, named=named, strict=strict, train_list=list_file)[0]
     else:
         if val is None and (root / "train").is_dir() and (root / "val").is_dir():
             if val_split is not None:
@@ -101,8 +106,25 @@ def _folder(root: Path, classes: list[str], strict: bool, validation: bool = Fal
     return dataset
 
 
-def _read_list(list_file: str, root: Path) -> tuple[list[str], list[str]]:
-    """Paths (joined to `root`) and label tokens of a `relative/path label` list file."""
+Line = tuple[int, str, str]  # (line number, absolute path, label token)
+
+
+def _listed(list_file: str, root: Path, classes: list[str] | None, *, named: bool, strict: bool,
+            train_list: str | None = None) -> tuple[Dataset, list[str]]:
+    """The Dataset of a list file and its classes: `classes` when given (the training list's, or --labels,
+    which are `named`: integer labels index them), else the list's own labels; a duplicate line is
+    reported among the skipped."""
+    lines, duplicates = _read_list(list_file, root)
+    if classes is None:
+        classes = _list_classes(lines, list_file)
+    indices = _indices(lines, classes, list_file, named=named, train_list=train_list)
+    dataset = _checked([path for _, path, _ in lines], indices, classes, strict)
+    return dataclasses.replace(dataset, skipped=duplicates + dataset.skipped), classes
+
+
+def _read_list(list_file: str, root: Path) -> tuple[list[Line], list[tuple[str, str]]]:
+    """The `relative/path label` lines of a list file (paths joined to `root`), each path once, and the
+    duplicates left out (path, reason); the same path with two labels is an error."""
     path = Path(list_file).expanduser()
     if not path.is_file():
         raise FtonnxError(f"{list_file}: no such list file")
@@ -110,7 +132,9 @@ def _read_list(list_file: str, root: Path) -> tuple[list[str], list[str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise FtonnxError(f"{list_file}: not a UTF-8 text file of 'relative/path label' lines") from None
-    paths, tokens = [], []
+    lines: list[Line] = []
+    first: dict[str, Line] = {}
+    duplicates = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -118,11 +142,18 @@ def _read_list(list_file: str, root: Path) -> tuple[list[str], list[str]]:
         parts = line.rsplit(None, 1)
         if len(parts) != 2:
             raise FtonnxError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}")
-        paths.append(str(root / parts[0].strip()))
-        tokens.append(parts[1])
-    if not paths:
+        entry = (number, os.path.normpath(root / parts[0].strip()), parts[1])
+        seen = first.setdefault(os.path.realpath(entry[1]), entry)
+        if seen is entry:
+            lines.append(entry)
+        elif _same_label(seen[2], entry[2]):
+            duplicates.append((entry[1], f"listed again at {list_file}:{number} (first at line {seen[0]}); used once"))
+        else:
+            raise FtonnxError(f"{list_file}:{number}: {parts[0].strip()} has label {entry[2]}, but line {seen[0]} "
+                              f"gave it label {seen[2]}; an image has one class")
+    if not lines:
         raise FtonnxError(f"{list_file}: no 'relative/path label' lines")
-    return paths, tokens
+    return lines, duplicates
 
 
 def _is_int(token: str) -> bool:
@@ -133,29 +164,54 @@ def _is_int(token: str) -> bool:
     return True
 
 
-def _list_classes(tokens: list[str]) -> list[str]:
-    """Class names in index order: integer labels numerically, names sorted."""
-    if all(_is_int(t) for t in tokens):
-        return [str(v) for v in sorted({int(t) for t in tokens})]
-    return sorted(set(tokens))
+def _same_label(a: str, b: str) -> bool:
+    return a == b or (_is_int(a) and _is_int(b) and int(a) == int(b))
 
 
-def _indices(tokens: list[str], classes: list[str], source: str, train_list: str) -> list[int]:
-    """Class indices of label tokens (integers compare by value when the classes are integers)."""
+def _list_classes(lines: list[Line], list_file: str) -> list[str]:
+    """Class names in index order: integer labels must be 0..K-1 (each present), names are sorted."""
+    tokens = [token for _, _, token in lines]
+    if not all(_is_int(t) for t in tokens):
+        return sorted(set(tokens))
+    values = sorted({int(t) for t in tokens})
+    count = len(values)
+    if values != list(range(count)):
+        number, _, token = next(line for line in lines if not 0 <= int(line[2]) < count)
+        occurring = ", ".join(map(str, values[:8])) + (", ..." if count > 8 else "")
+        raise FtonnxError(f"{list_file}:{number}: label {token}: integer labels must number the classes 0..K-1, "
+                          f"but these occur: {occurring}; fix the label, or name the classes with --labels")
+    return [str(v) for v in values]
+
+
+def _indices(lines: list[Line], classes: list[str], source: str, *, named: bool, train_list: str | None) -> list[int]:
+    """Class indices of the lines' label tokens: with `named` classes (--labels) an integer is an index into
+    them, integer classes compare by value, names must be one of the classes; else the error names the line."""
     numeric = all(_is_int(c) for c in classes)
     index = {c: i for i, c in enumerate(classes)}
-    keys = [str(int(t)) if numeric and _is_int(t) else t for t in tokens]
-    unknown = sorted({t for t, k in zip(tokens, keys) if k not in index})
-    if unknown:
-        raise FtonnxError(f"{source}: label(s) {', '.join(unknown[:5])} do not occur in {train_list}")
-    return [index[k] for k in keys]
+    result = []
+    for number, _, token in lines:
+        if named and _is_int(token) and token not in index:
+            found = int(token) if 0 <= int(token) < len(classes) else None
+        else:
+            found = index.get(str(int(token)) if numeric and _is_int(token) else token)
+        if found is None:
+            where = f"the classes of {train_list}" if train_list else "the classes --labels names"
+            raise FtonnxError(f"{source}:{number}: label {token} is not one of {where} "
+                              f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
+        result.append(found)
+    return result
 
 
 def _probe(path: str) -> str | None:
-    """Why `path` cannot be an image (from its header; cheap), or None when it looks fine."""
+    """Why `path` cannot be an image (from its header; cheap), or None when it looks fine. Images of 32-bit
+    pixels are decoded, to tell whether their values can be scaled to 8 bits."""
     try:
         with Image.open(path) as img:
+            mode = img.mode
             img.verify()
+        if mode in RANGED_MODES:
+            with Image.open(path) as img:
+                eight_bit(img)
     except FileNotFoundError:
         return "no such file"
     except DECODE_ERRORS as exc:

@@ -20,6 +20,30 @@ from ftonnx.metadata import Preprocess
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 Box = tuple[float, float, float, float]
+# Modes whose pixels may lie outside what 8 bits can scale to (decoding them tells whether they do).
+RANGED_MODES = ("I", "F")
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """`img` with 8 bits per channel. Pillow keeps 16-bit grey (I;16...) and 32-bit (I, F) pixels as they are,
+    and converting them to RGB clips everything above 255 to white; here 16-bit values keep their top 8
+    bits (as Pillow does with 16-bit RGB), 32-bit integers within 0-65535 are taken as 16-bit, and floats
+    within 0-1 are scaled by 255. Other ranges have no known scale: ValueError (the image is skipped)."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        pixels = np.asarray(img).astype(np.int64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(f"32-bit integer pixels from {pixels.min()} to {pixels.max()}: no known scale to 8 bits; "
+                             "save the image with 8 or 16 bits per channel")
+        return Image.fromarray((pixels >> 8).astype(np.uint8), "L")
+    if img.mode == "F":
+        pixels = np.asarray(img, np.float64)
+        if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 1):
+            raise ValueError("32-bit float pixels outside 0-1: no known scale to 8 bits; save the image with 8 or "
+                             "16 bits per channel")
+        return Image.fromarray(np.round(pixels * 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        return img.convert("RGBA")  # what Pillow asks for (and warns about) before dropping the alpha
+    return img
 
 
 def center_box(width: int, height: int, preprocess: Preprocess) -> Box:
@@ -85,7 +109,7 @@ def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = F
             drafted = img.draft("RGB", need)
             if drafted is not None:
                 factor = drafted[1][2] / width
-        pixels = img.convert("L" if preprocess.channel_order == "GRAY" else "RGB")
+        pixels = eight_bit(img).convert("L" if preprocess.channel_order == "GRAY" else "RGB")
     box = (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
     out = pixels.resize((tw, th), Image.Resampling.BILINEAR, box=box)
     return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out

@@ -17,7 +17,7 @@ import numpy as np
 
 from ftonnx.data.dataset import Dataset
 from ftonnx.data.images import DECODE_ERRORS, load_image
-from ftonnx.errors import FtonnxError, first_line
+from ftonnx.errors import FtonnxError, first_line, printable
 from ftonnx.metadata import Preprocess
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Loader:
             path = self.dataset.samples[int(indices[slot])][0]
             if reason is not None and path not in self.failed:
                 self.failed[path] = reason
-                log.warning("skipping %s: %s", path, reason)
+                log.warning("skipping %s: %s", printable(path), printable(reason))
         return (x, y) if len(keep) == len(y) else (x[keep], y[keep])
 
     def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

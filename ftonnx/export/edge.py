@@ -2,25 +2,26 @@
 models, their ORT-format twins, on-device training artifacts, and a report of size, latency and accuracy
 per variant.
 
-Everything is built in a hidden folder beside the output and moved in at the end, so a failure
-leaves nothing half-written at the output path.
+Everything is built in a hidden staging folder beside the output, which then replaces the output
+whole (`ExportFolder`): a failure leaves nothing half-written there, and a re-export leaves none of the
+previous export's files behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
 
-from ftonnx import metadata
+from ftonnx import folders, metadata
 from ftonnx.data import Dataset, Loader, check_classes, discover, image_files
 from ftonnx.errors import FtonnxError
 from ftonnx.export.fp16 import convert_fp16
@@ -28,7 +29,10 @@ from ftonnx.export.ondevice import build_on_device
 from ftonnx.export.ort_format import convert_ort
 from ftonnx.export.quantize import quantize_int8
 from ftonnx.export.report import measure
+from ftonnx.files import disk_full
+from ftonnx.graph.index import GraphIndex, value_shape
 from ftonnx.graph.io import load_model, save_model
+from ftonnx.graph.validate import check_untrusted
 from ftonnx.preprocess import PreprocessFlags
 from ftonnx.preprocess.use import preprocess_for
 from ftonnx.train.run import RunFolder
@@ -37,6 +41,7 @@ FILES = {"float": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.o
 ON_DEVICE = "on_device"
 REPORT = "report.json"
 CALIBRATION_BATCH = 16
+KIND = "export"  # the marker's kind: OUT/.ftonnx-export
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -45,6 +50,7 @@ def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any
     if not run.path.is_dir():
         raise FtonnxError(f"{run}: no such run folder")
     model = load_model(run.model_path)
+    check_untrusted(model, str(run.model_path))
     outputs = {o.name for o in model.graph.output}
     if not {"logits", "probabilities"} <= outputs:
         raise FtonnxError(f"{run.model_path}: outputs {', '.join(sorted(outputs))}; expected logits and "
@@ -52,18 +58,24 @@ def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any
     meta = metadata.read(model)
     if not meta.labels or meta.preprocess is None:
         raise FtonnxError(f"{run.model_path}: the metadata lacks labels or preprocessing")
+    inputs = GraphIndex(model).inputs
+    if len(inputs) != 1:
+        raise FtonnxError(f"{run.model_path}: {len(inputs)} inputs; an image classifier has one")
+    meta.preprocess.check_input(value_shape(next(i for i in model.graph.input if i.name == inputs[0])), inputs[0])
     return model, run.read_record().data_args
 
 
 @dataclass
 class ExportSource:
     """What an export starts from: the float model (preprocessing in its metadata), the images int8 is
-    calibrated on, labelled images the report measures accuracy on, and where it came from."""
+    calibrated on, labelled images the report measures accuracy on, where it came from, and the folders
+    those images come from (which the output must keep apart from)."""
 
     model: onnx.ModelProto
     calibration: Dataset | None
     val: Dataset | None
     origin: dict[str, str]
+    data: list[str | None] = field(default_factory=list)
 
 
 def _images(folder: str) -> Dataset:
@@ -81,7 +93,8 @@ def run_source(run_dir: str | os.PathLike, calib: str | None = None) -> ExportSo
                           f"({exc})") from None
     if val is not None:
         check_classes(metadata.read(model).labels, val.classes)
-    return ExportSource(model, _images(calib) if calib else train, val, {"run": str(Path(run_dir).absolute())})
+    return ExportSource(model, _images(calib) if calib else train, val, {"run": str(Path(run_dir).absolute())},
+                        [data_args.get("data"), data_args.get("val"), calib])
 
 
 def model_source(path: str | os.PathLike, *, calib: str | None = None, data: str | None = None,
@@ -103,7 +116,7 @@ def model_source(path: str | os.PathLike, *, calib: str | None = None, data: str
         check_classes(labels, val.classes)
     chosen = preprocess_for(model, preprocess, calibration or val)
     return ExportSource(metadata.update(model, preprocess=chosen), calibration, val,
-                        {"model": str(Path(path).absolute())})
+                        {"model": str(Path(path).absolute())}, [calib, data])
 
 
 def calibration_batches(images: Dataset, preprocess: metadata.Preprocess, count: int) -> Iterator[np.ndarray]:
@@ -120,14 +133,67 @@ def _first_image(dataset: Dataset, preprocess: metadata.Preprocess) -> np.ndarra
     return x[:1]
 
 
-def _publish(stage: Path, out_dir: Path) -> None:
-    """Move everything in `stage` into `out_dir`, replacing entries of the same name."""
-    out_dir.mkdir(exist_ok=True)
-    for entry in stage.iterdir():
-        target = out_dir / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
+class ExportFolder:
+    """OUT/, the export folder's one owner: ftonnx's own (`.ftonnx-export` lists the files it wrote), held by
+    one export at a time (`.lock`), built whole in a staging folder beside it and swapped in, so that it
+    never mixes two exports. A folder holding anything ftonnx did not write there is refused."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        path = Path(path).absolute()
+        self.path = Path(os.path.realpath(path)) if path.is_symlink() else path  # the folder a link names
+
+    def check(self) -> None:
+        """FtonnxError before any work when OUT cannot become (or stay) an ftonnx export."""
+        if not self.path.parent.is_dir():
+            raise FtonnxError(f"{self.path}: folder {self.path.parent} does not exist")
+        folders.check_claimable(self.path, KIND, "-o")
+        if folders.is_owned(self.path, KIND):
+            written = set(folders.read_marker(self.path, KIND).get("files", []))
+            others = sorted(e.name for e in self.path.iterdir()
+                            if e.name not in written | {folders.LOCK, folders.marker(self.path, KIND).name})
+            if others:
+                raise FtonnxError(f"{self.path}: holds {', '.join(others[:3])}, which the earlier export did not "
+                                  "write; move it away or choose another -o")
+
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold OUT for one export: created or adopted (marker), locked, staging left by killed exports
+        removed; when the block fails, what this export created is removed again."""
+        existed = self.path.exists()
+        created = folders.claim(self.path, KIND, "-o")
+        try:
+            with folders.Lock(self.path, "-o"):
+                folders.remove_leftovers(self.path.parent, self._prefix)
+                yield
+        except BaseException:
+            if created:
+                for entry in (self.path / folders.LOCK, folders.marker(self.path, KIND)):
+                    folders.remove(entry)
+                if not existed:
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()
+            raise
+        finally:
+            folders.remove_leftovers(self.path.parent, self._prefix)
+
+    @property
+    def _prefix(self) -> str:
+        return f".ftonnx-export-{self.path.name}."
+
+    def stage(self) -> Path:
+        """A new, empty staging folder beside OUT (on the same file system, so that the swap is a rename)."""
+        return Path(tempfile.mkdtemp(prefix=self._prefix, dir=self.path.parent))
+
+    def replace(self, stage: Path) -> None:
+        """Make the finished `stage` OUT, with its marker listing what it holds; the earlier OUT goes whole."""
+        folders.write_marker(stage, KIND, files=sorted(e.name for e in stage.iterdir()))
+        old = self.stage()
+        try:
+            os.rename(self.path, old)
+            os.rename(stage, self.path)
+        except OSError as exc:
+            raise FtonnxError(f"{self.path}: cannot replace it ({exc.strerror or exc})") from None
+        folders.remove(old)
 
 
 def _variants(source: ExportSource, stage: Path, *, int8: bool, fp16: bool, ort: bool, calib: int,
@@ -159,25 +225,36 @@ def export_run(source: str | os.PathLike | ExportSource, out_dir: str | os.PathL
     """Export a RUN folder's model (or an `ExportSource`, e.g. `model_source(...)`) into `out_dir` as the
     variants asked for and write `out_dir/report.json`; returns the report (`ftonnx.export.report.measure`'s,
     plus the origin, calibration count and on-device files). Latency: batch 1, `threads` intra-op threads,
-    median of `runs` runs."""
+    median of `runs` runs. OUT is replaced whole (`ExportFolder`): none of an earlier export's files stay
+    beside the new ones; a failure leaves OUT as it was."""
     say = progress or (lambda message: None)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FtonnxError(f"{out_dir}: exists and is not a folder")
-    if not out_dir.absolute().parent.is_dir():
-        raise FtonnxError(f"{out_dir}: folder {out_dir.absolute().parent} does not exist")
+    out = ExportFolder(out_dir)
     if calib_count < 1 or threads < 1 or runs < 1:
         raise FtonnxError(f"--calib-count, threads and runs must be at least 1, not {calib_count}, {threads}, {runs}")
+    out.check()
     source = source if isinstance(source, ExportSource) else run_source(source)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.absolute().parent))
-    try:
-        report = _export(source, stage, int8=int8, fp16=fp16, ort=ort, on_device=on_device, calib=calib_count,
-                         threads=threads, runs=runs, say=say)
-        (stage / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        _publish(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    folders.check_apart(out.path, source.data, "-o")
+    need = _export_size(source.model, int8=int8, fp16=fp16, ort=ort, on_device=on_device)
+    folders.check_free(out.path.parent, need, "the export")
+    with out.claimed():
+        stage = out.stage()
+        try:
+            report = _export(source, stage, int8=int8, fp16=fp16, ort=ort, on_device=on_device, calib=calib_count,
+                             threads=threads, runs=runs, say=say)
+            (stage / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+            out.replace(stage)
+        except OSError as exc:
+            raise disk_full(exc, out.path, need) or exc
+        finally:
+            folders.remove(stage)
     return report
+
+
+def _export_size(model: onnx.ModelProto, *, int8: bool, fp16: bool, ort: bool, on_device: bool) -> int:
+    """About how many bytes the export takes: the float model, int8 (~30 %) and fp16 (~50 %) variants, their
+    ORT twins, two copies for the on-device artifacts."""
+    onnx_files = 1 + 0.3 * int8 + 0.5 * fp16
+    return int(model.ByteSize() * (onnx_files * (2 if ort else 1) + 2 * on_device))
 
 
 def _export(source: ExportSource, stage: Path, *, int8: bool, fp16: bool, ort: bool, on_device: bool, calib: int,

@@ -92,7 +92,7 @@ def quantize_int8(model: onnx.ModelProto, path: str | os.PathLike,
 
     if len(model.graph.input) != 1:
         raise FtonnxError(f"int8 calibration needs a model with one input, not {len(model.graph.input)}")
-    with tempfile.TemporaryDirectory(prefix="ftonnx-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".ftonnx-tmp-int8-", dir=Path(path).parent) as tmp:  # in the staging
         source, prepared, quantized = (Path(tmp) / n for n in ("float.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save_model(lift_opset(model, QDQ_MIN_OPSET), str(source))
         _prepared(source, prepared)

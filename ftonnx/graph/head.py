@@ -13,6 +13,7 @@ from ftonnx.graph.inspect import format_shape
 from ftonnx.graph.io import check_model
 
 OUTPUT = "logits"
+MAX_HEAD_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: far beyond any classifier head
 
 
 def linear_init(fan_in: int, fan_out: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +63,8 @@ def head_classes(count: int | None, labels: list[str] | None, data_classes: list
         raise FtonnxError(f"{len(names)} labels given for {count} classes")
     if count is not None and count < 2:
         raise FtonnxError(f"a classifier needs at least 2 classes, got {count}")
+    if count is not None and count > metadata.MAX_CLASSES:
+        raise FtonnxError(f"{count:,} classes is more than ftonnx's limit of {metadata.MAX_CLASSES:,}")
     return list(names) if names is not None else [f"class_{i}" for i in range(count)]
 
 
@@ -75,6 +78,8 @@ def add_head(model: onnx.ModelProto, num_classes: int, *, hidden: int | None = N
     """
     if num_classes < 2:
         raise FtonnxError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if num_classes > metadata.MAX_CLASSES:
+        raise FtonnxError(f"{num_classes:,} classes is more than ftonnx's limit of {metadata.MAX_CLASSES:,}")
     if hidden is not None and hidden < 1:
         raise FtonnxError(f"--hidden must be a positive width, got {hidden}")
     if not 0.0 <= dropout < 1.0:
@@ -84,6 +89,11 @@ def add_head(model: onnx.ModelProto, num_classes: int, *, hidden: int | None = N
         raise FtonnxError(f"{len(labels)} labels given for {num_classes} classes")
     index = GraphIndex(model)
     feature, batch, fan_in, pooled = _feature(model, index)
+    size = fan_in * (hidden or num_classes) + (hidden or 0) * num_classes
+    if size > MAX_HEAD_PARAMETERS:
+        raise FtonnxError(f"the head would hold {size:,} weights ({fan_in:,} features in, {num_classes:,} classes out"
+                          f"{f', {hidden:,} hidden' if hidden else ''}), over ftonnx's limit of "
+                          f"{MAX_HEAD_PARAMETERS:,}; cut after the global pooling (--node auto)")
     taken = {o for n in index.nodes for o in n.output} | set(index.initializers)
     if OUTPUT in taken or any(name.startswith("head.") for name in taken):
         raise FtonnxError(f"the model already has a tensor {OUTPUT!r} or head.*; cut it back to its backbone first")

@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from ftonnx import metadata
-from ftonnx.errors import FtonnxError
+from ftonnx.errors import FtonnxError, printable
 from ftonnx.graph.index import FLOAT_TYPES, GraphIndex, Shape, attributes, value_shape
 
 _POOLS = ("GlobalAveragePool", "ReduceMean", "AveragePool")
@@ -181,7 +181,8 @@ def _preprocess_lines(described: dict[str, Any]) -> list[str]:
 
 
 def format_summary(summary: dict[str, Any], *, nodes: bool = False) -> str:
-    """The human-readable form of `summarize`'s result: a short summary, the node table with `nodes`."""
+    """The human-readable form of `summarize`'s result: a short summary, the node table with `nodes`; names
+    from the model have their control characters escaped, line by line."""
     def io_line(i: dict[str, Any]) -> str:
         return f"  {i['name']}  {i['dtype']}{format_shape(i['shape'])}"
 
@@ -205,8 +206,9 @@ def format_summary(summary: dict[str, Any], *, nodes: bool = False) -> str:
               f"floating-point values in {summary['initializer_count']} initializers",
               "normalized on load: " + ("; ".join(summary["normalize"]) or "nothing to change")]
     if not nodes:
-        return "\n".join(lines + ["(ftonnx inspect MODEL --nodes lists every node with its output shapes)"])
+        return "\n".join(map(printable, lines + ["(ftonnx inspect MODEL --nodes lists every node with its "
+                                                  "output shapes)"]))
     width = max((len(n["name"]) for n in summary["nodes"]), default=0)
     lines += ["", "nodes:"] + [f"  {n['name']:<{width}}  {n['op_type']:<18} "
                                + " ".join(format_shape(o["shape"]) for o in n["outputs"]) for n in summary["nodes"]]
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))

@@ -11,6 +11,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from ftonnx.errors import FtonnxError, first_line
+from ftonnx.files import TEMP_PREFIX, disk_full
 
 # Protobuf cannot hold a message over 2 GiB; past this the weights go to an external data file.
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -57,10 +58,11 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write `model` to `path` atomically: a temporary file in the same folder, then a rename.
 
-    Models too large for one protobuf keep their weights in `<name>.data` beside the file.
+    Models too large for one protobuf keep their weights in `<name>.data` beside the file. A full disk is
+    an FtonnxError saying how much was needed, and leaves `path` as it was.
     """
     path = check_output_path(path)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
     try:
         tmp = tmp_dir / path.name
         if model.ByteSize() > _EXTERNAL_DATA_THRESHOLD:
@@ -70,6 +72,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         else:
             onnx.save_model(model, str(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        raise disk_full(exc, path, model.ByteSize()) or exc
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path

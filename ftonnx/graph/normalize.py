@@ -12,8 +12,9 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ftonnx.errors import FtonnxError
-from ftonnx.graph.batch import dynamic_batch
+from ftonnx import isolated
+from ftonnx.errors import FtonnxError, first_line
+from ftonnx.graph.batch import dynamic_batch, fixed_batch_input
 from ftonnx.graph.index import (
     DEFAULT_DOMAINS,
     GraphIndex,
@@ -23,7 +24,7 @@ from ftonnx.graph.index import (
     drop_unused_initializers,
     is_onnx_op,
 )
-from ftonnx.graph.io import check_model
+from ftonnx.graph.validate import check_inference, check_structure, check_untrusted
 
 TRAINING_MIN_OPSET = 12
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -144,14 +145,21 @@ def fold_constants(model: onnx.ModelProto) -> int:
 
 
 def lift_opset(model: onnx.ModelProto, minimum: int = TRAINING_MIN_OPSET) -> onnx.ModelProto:
-    """Convert the model to opset `minimum` when it is below it (onnx's version converter)."""
+    """Convert the model to opset `minimum` when it is below it (onnx's version converter, in a child process)."""
     if onnx_opset(model) >= minimum:
         return model
+
+    def convert() -> bytes:
+        try:
+            return onnx.version_converter.convert_version(model, minimum).SerializeToString()
+        except Exception as exc:  # the converter's C++ raises RuntimeError, ValidationError and others
+            raise FtonnxError(first_line(exc)) from None
+
     try:
-        lifted = onnx.version_converter.convert_version(model, minimum)
-    except Exception as exc:
+        lifted = isolated.run(convert)  # native code on a model not yet checked: a crash must not end ftonnx
+    except FtonnxError as exc:
         raise FtonnxError(f"could not lift opset {onnx_opset(model)} to {minimum}: {exc}") from None
-    return lifted
+    return onnx.load_from_string(lifted)
 
 
 def lift_ir_version(model: onnx.ModelProto) -> int | None:
@@ -163,9 +171,15 @@ def lift_ir_version(model: onnx.ModelProto) -> int | None:
     return old
 
 
-def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """Return the tidied model and one line per change made (empty when it was already tidy)."""
+def normalize(model: onnx.ModelProto, what: str = "the model") -> tuple[onnx.ModelProto, list[str]]:
+    """Return the tidied model and one line per change made (empty when it was already tidy).
+
+    The model is untrusted: it is checked in Python before the passes and by onnx's full check in a
+    child process after them (`ftonnx.graph.validate`), so that a malformed one is an FtonnxError about
+    `what` (the file's name).
+    """
     changes: list[str] = []
+    check_structure(model, what)
     model = clone(model)
     if n := inputs_backed_by_initializers(model):
         changes.append(f"dropped {n} graph inputs that only declared initializers")
@@ -173,6 +187,8 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         changes.append(f"turned {n} Constant nodes into initializers")
     if n := fold_constants(model):
         changes.append(f"folded {n} nodes that computed constants")
+    if fixed_batch_input(model) is not None:
+        check_inference(model, what)  # before dynamic_batch's shape inference, which runs in-process
     if (batched := dynamic_batch(model)) is not None:
         model = batched
         changes.append("made the batch dimension dynamic (it was fixed at 1)")
@@ -182,5 +198,5 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         changes.append(f"lifted opset {old} to {TRAINING_MIN_OPSET} (ONNX Runtime training's floor)")
     if (old_ir := lift_ir_version(model)) is not None:
         changes.append(f"raised IR version {old_ir} to {model.ir_version} (the minimum for its opsets)")
-    check_model(model, "the model")
+    check_untrusted(model, what)
     return model, changes

@@ -19,6 +19,8 @@ from pathlib import Path
 import onnx
 
 from ftonnx.errors import FtonnxError
+from ftonnx.files import TEMP_PREFIX, disk_full
+from ftonnx.folders import remove
 from ftonnx.graph.index import prune
 from ftonnx.graph.normalize import lift_opset
 from ftonnx.graph.trainable import make_trainable
@@ -46,8 +48,13 @@ class Artifacts:
             setattr(self, attribute, self.folder / name)
 
     def manifest(self) -> dict | None:
-        """What the artifacts were built with, or None when they are absent or incomplete."""
-        return json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else None
+        """What the artifacts were built with, or None when they are absent, incomplete or damaged (then they
+        are built again)."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) and isinstance(manifest.get("trainable"), list) else None
 
 
 @contextlib.contextmanager
@@ -92,22 +99,23 @@ def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str |
     frozen = [n for n in names if n not in set(trainable)]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out_dir.name}.", dir=out_dir.parent))
     try:
-        _generate(forward.model, list(trainable), frozen, block, tmp)
+        _generate(forward.model, list(trainable), frozen, block, tmp, out_dir)
         manifest = {"trainable": list(trainable), "frozen": frozen, "optimizer": optimizer,
                     "weight_decay": weight_decay, "dropout": forward.masks}
         Artifacts(tmp).manifest_path.write_text(json.dumps(manifest, indent=1))
         tmp.chmod(0o755)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        remove(out_dir)
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Artifacts(out_dir)
 
 
-def _generate(forward: onnx.ModelProto, trainable: list[str], frozen: list[str], block, folder: Path) -> None:
-    """ORT's generate_artifacts into `folder`, its failures one FtonnxError line."""
+def _generate(forward: onnx.ModelProto, trainable: list[str], frozen: list[str], block, folder: Path,
+              target: Path) -> None:
+    """ORT's generate_artifacts into `folder` (staging for `target`), its failures one FtonnxError line."""
     from onnxruntime.training import artifacts
 
     try:
@@ -116,5 +124,7 @@ def _generate(forward: onnx.ModelProto, trainable: list[str], frozen: list[str],
                                          loss=artifacts.LossType.CrossEntropyLoss, optimizer=block,
                                          artifact_directory=folder, additional_output_names=[LOGITS])
     except Exception as exc:  # ORT and onnx raise RuntimeError, InferenceError, ValidationError...
+        if isinstance(exc, OSError) and (full := disk_full(exc, target, 3 * forward.ByteSize())):
+            raise full from None
         raise FtonnxError(f"ONNX Runtime cannot build training graphs for this model: "
                           f"{str(exc).strip().splitlines()[-1]}") from None

@@ -22,6 +22,7 @@ import onnx
 from ftonnx import metadata
 from ftonnx.data import Dataset, Loader
 from ftonnx.errors import FtonnxError
+from ftonnx.files import TEMP_PREFIX
 from ftonnx.graph.index import GraphIndex
 from ftonnx.graph.io import load_model
 from ftonnx.graph.split import NotPrefixError, boundary
@@ -219,7 +220,7 @@ class _Writer:
             raise FtonnxError(f"{folder}: not enough free disk for {need / 2**30:.2f} GiB of activations; "
                               "raise the cache memory limit or free some space")
         for name in spilled:
-            fd, path = tempfile.mkstemp(prefix="activations-", suffix=".npy", dir=folder)
+            fd, path = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}activations-", suffix=".npy", dir=folder)
             os.close(fd)
             self.files.append(Path(path))
             value = batch[name]

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ftonnx.errors import FtonnxError
+from ftonnx import folders
+from ftonnx.errors import FtonnxError, first_line
 from ftonnx.progress import Progress, log
 from ftonnx.train.artifacts import Artifacts, build_artifacts
 from ftonnx.train.batches import Batches
 from ftonnx.train.config import TrainConfig
 from ftonnx.train.probe import check_training_step, needs_probe
-from ftonnx.train.run import RunFolder, RunRecord
+from ftonnx.train.run import KIND, RunFolder, RunRecord
 from ftonnx.train.schedule import learning_rate
 from ftonnx.train.session import TrainingSession
 
@@ -59,14 +60,18 @@ def _session(model: onnx.ModelProto, batches: Batches, run: RunFolder, config: T
     artifacts = Artifacts(run.artifacts)
     manifest = artifacts.manifest()
     if last is None or manifest is None:
-        run.path.mkdir(parents=True, exist_ok=True)
+        folders.claim(run.path, KIND, "--out")
         build_artifacts(model, trainable, artifacts.folder, optimizer=config.optimizer,
                         weight_decay=config.weight_decay)
         if needs_probe(artifacts):
             check_training_step(artifacts, *next(iter(batches.epoch(0))))
-    elif manifest["trainable"] != trainable or manifest["optimizer"] != config.optimizer:
+    elif manifest["trainable"] != trainable or manifest.get("optimizer") != config.optimizer:
         raise FtonnxError(f"{run} was trained with other --freeze/--optimizer options; resume with the same")
-    return TrainingSession(artifacts, run.checkpoint_path(last) if last else artifacts.checkpoint, config.device)
+    try:
+        return TrainingSession(artifacts, run.checkpoint_path(last) if last else artifacts.checkpoint, config.device)
+    except Exception as exc:  # ORT's RuntimeError on a damaged training, eval or optimizer model
+        raise FtonnxError(f"{artifacts.folder}: ONNX Runtime cannot load it ({first_line(exc).split(' : ')[-1]}); "
+                          f"remove {artifacts.folder} and resume again to build it anew") from None
 
 
 def train(model: onnx.ModelProto, batches: Batches, val: Batches | None, run_dir: str | os.PathLike,
@@ -79,7 +84,7 @@ def train(model: onnx.ModelProto, batches: Batches, val: Batches | None, run_dir
     """
     if not config.is_resolved:
         raise ValueError("train() needs a resolved config: TrainConfig.resolved(...)")
-    run = RunFolder(run_dir)
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     last = run.check_start(config.resume)
     session = _session(model, batches, run, config, trainable, last)
     if last is None:
