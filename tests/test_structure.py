@@ -23,12 +23,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "train": {"errors", "metadata", "files", "progress", "graph", "data", "runtime"},
     "export": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate",
                "train"},
+    "report": {"errors", "metadata", "files", "progress", "data", "runtime", "preprocess", "evaluate", "train",
+               "export"},
     "zoo": {"errors", "metadata", "graph"},
     "pipeline": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate",
-                 "train", "export"},
+                 "train", "export", "report"},
     "demo": {"errors", "metadata", "progress", "graph", "data", "evaluate", "train", "pipeline", "zoo"},
     "cli": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate", "train",
-            "export", "pipeline", "demo", "zoo"},
+            "export", "report", "pipeline", "demo", "zoo"},
 }
 MAX_FUNCTION_LINES = 50
 

@@ -22,4 +22,6 @@ def command(out: str, epochs: int, seed: int) -> None:
     click.echo(f"held-out digits: top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f} "
                f"over {report['count']} images")
     click.echo(f"model: {report['model']}")
+    if report["report"]:
+        click.echo(f"report: {report['report']} (open it in a browser)")
     click.echo(f"try:   ftonnx predict {report['model']} {Path(out) / 'digits' / 'val' / '7'}/*.png --top 3")

@@ -46,7 +46,9 @@ class RunRecord:
 
 
 class RunFolder:
-    """RUN/: model.onnx, config.json, metrics.jsonl, artifacts/, checkpoints/, cache/ (spill files), export/."""
+    """RUN/: model.onnx, config.json, metrics.jsonl, artifacts/, checkpoints/, cache/ (spill files), export/,
+    and the report: report.html with its pictures curves.png and confusion.png (`ftonnx eval --report DIR`
+    names its files the same way)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -57,6 +59,9 @@ class RunFolder:
         self.checkpoints = self.path / "checkpoints"
         self.cache_dir = self.path / "cache"
         self.export_dir = self.path / "export"
+        self.report_path = self.path / "report.html"
+        self.curves_path = self.path / "curves.png"
+        self.confusion_path = self.path / "confusion.png"
 
     def __fspath__(self) -> str:
         return str(self.path)
