@@ -13,10 +13,8 @@ from ftonnx.errors import FtonnxError
 
 def write_digits(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) -> Path:
     """Write the 1797 8x8 digit scans as 32x32 PNGs in ImageFolder layout (train/ and val/)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise FtonnxError("the demo needs scikit-learn: pip install 'ftonnx[demo]'") from None
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     rng = np.random.default_rng(seed)
     for label in range(10):
@@ -35,7 +33,8 @@ def write_digits(folder: Path, *, val_fraction: float = 0.2, seed: int = 0) -> P
 def run_demo(out: Path, *, epochs: int = 30, seed: int = 0) -> dict:
     """Zoo EfficientNet-Lite0 -> cut at its pooling -> new head -> train -> export -> eval, on the digits.
 
-    Returns the evaluation of the exported model on the held-out digits, with `model` (its path).
+    Returns the evaluation of the exported model on the held-out digits, with `model` and `report` (the
+    paths of the model and of its report page, None without the `report` extra).
     """
     from ftonnx import zoo
     from ftonnx.data import discover
@@ -61,4 +60,5 @@ def run_demo(out: Path, *, epochs: int = 30, seed: int = 0) -> dict:
     _, val = discover(**data_args(str(data), seed=seed))
     report = evaluate(result.model_path, val)
     report["model"] = str(result.model_path)
+    report["report"] = result.report_path and str(result.report_path)
     return report

@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -93,12 +94,38 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+@dataclass
+class Predictions:
+    """Every evaluated image in data-set order (images that could not be decoded are left out): its path,
+    its true class index and the model's probability for each class."""
+
+    paths: list[str]
+    targets: np.ndarray  # (N,) int64
+    probabilities: np.ndarray  # (N, classes) float32
+
+
 def evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *, preprocess: Preprocess | None = None,
              batch_size: int = 32, output: str = "logits", labels: list[str] | None = None,
-             providers: Sequence[str] | None = None) -> dict[str, Any]:
+             providers: Sequence[str] | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Loss (mean cross entropy), top1, top5 (>= 5 classes), per-class accuracy (None for a class with no
-    images) and the confusion matrix [true][pred] of `model` on `dataset`, whose classes must be the model's
-    labels. `output` holds logits, or probabilities when it is named `probabilities`."""
+    images), the confusion matrix [true][pred], and per class precision, recall, F1 and support with their
+    macro and weighted averages (scikit-learn's; an undefined value is None and left out of the averages)
+    of `model` on `dataset`, whose classes must be the model's labels. `output` holds logits, or
+    probabilities when it is named `probabilities`; `progress` is called with each batch's image count."""
+    return _evaluate(model, dataset, preprocess, batch_size, output, labels, providers, progress, keep=False)[0]
+
+
+def evaluate_with_predictions(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *,
+                              preprocess: Preprocess | None = None, batch_size: int = 32, output: str = "logits",
+                              labels: list[str] | None = None, providers: Sequence[str] | None = None,
+                              progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], Predictions]:
+    """`evaluate`'s metrics and each image's probabilities (for confusion pictures and lists of mistakes)."""
+    return _evaluate(model, dataset, preprocess, batch_size, output, labels, providers, progress, keep=True)
+
+
+def _evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, preprocess: Preprocess | None,
+              batch_size: int, output: str, labels: list[str] | None, providers: Sequence[str] | None,
+              progress: Callable[[int], None] | None, *, keep: bool) -> tuple[dict[str, Any], Predictions | None]:
     sess, meta = _session(model, providers)
     labels = labels or meta.labels
     if not labels:
@@ -106,31 +133,56 @@ def evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, *, pr
     check_classes(labels, dataset.classes)
     name, dtype = image_input(sess)
     out = _output(sess, output)
-    tally = _Tally(len(labels))
-    for x, y in Loader(dataset, _preprocess(preprocess, sess, meta), batch_size=batch_size).epoch(0):
+    tally = _Tally(len(labels), keep=keep)
+    loader = Loader(dataset, _preprocess(preprocess, sess, meta), batch_size=batch_size)
+    for x, y, indices in loader.indexed_epoch(0):
         scores = np.asarray(run(sess, [out], {name: x.astype(dtype, copy=False)})[0], np.float64)
         if scores.ndim != 2 or scores.shape[1] != len(labels):
             raise FtonnxError(f"output {out!r} has shape {scores.shape}; expected (batch, {len(labels)}) "
                               f"for {len(labels)} labels")
-        tally.add(scores, y, probabilities=out == "probabilities")
-    return tally.result(labels)
+        tally.add(scores, y, indices, probabilities=out == "probabilities")
+        if progress is not None:
+            progress(len(y))
+    result = tally.result(labels)
+    if not keep:
+        return result, None
+    return result, Predictions([dataset.samples[i][0] for i in tally.indices], tally.targets,
+                               np.concatenate(tally.probabilities))
 
 
 class _Tally:
-    """Running sums of an evaluation: loss, confusion matrix, top-5 hits."""
+    """Running sums of an evaluation: loss, confusion matrix, top-5 hits; the true and predicted class of
+    each image, and with `keep` each image's sample index and probabilities."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, keep: bool) -> None:
         self.confusion = np.zeros((n, n), np.int64)
         self.loss_sum, self.top5_hits, self.count = 0.0, 0, 0
+        self.keep, self.true, self.predicted = keep, [], []
+        self.sample_indices: list[np.ndarray] = []
+        self.probabilities: list[np.ndarray] = []
 
-    def add(self, scores: np.ndarray, y: np.ndarray, *, probabilities: bool) -> None:
+    def add(self, scores: np.ndarray, y: np.ndarray, indices: np.ndarray, *, probabilities: bool) -> None:
         logp = np.log(np.clip(scores, 1e-12, None)) if probabilities else _log_softmax(scores)
         self.loss_sum -= float(logp[np.arange(len(y)), y].sum())
-        np.add.at(self.confusion, (y, scores.argmax(axis=1)), 1)
+        predicted = scores.argmax(axis=1)
+        np.add.at(self.confusion, (y, predicted), 1)
         if scores.shape[1] >= 5:
             top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
             self.top5_hits += int((top5 == y[:, None]).any(axis=1).sum())
         self.count += len(y)
+        self.true.append(y)
+        self.predicted.append(predicted)
+        if self.keep:
+            self.sample_indices.append(indices)
+            self.probabilities.append((scores if probabilities else np.exp(logp)).astype(np.float32))
+
+    @property
+    def indices(self) -> list[int]:
+        return [int(i) for i in np.concatenate(self.sample_indices)]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.concatenate(self.true).astype(np.int64)
 
     def result(self, labels: list[str]) -> dict[str, Any]:
         if self.count == 0:
@@ -146,7 +198,30 @@ class _Tally:
         }
         if len(labels) >= 5:
             result["top5"] = self.top5_hits / self.count
+        result.update(class_metrics(self.targets, np.concatenate(self.predicted), labels))
         return result
+
+
+def class_metrics(targets: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Precision, recall, F1 and support per class (dicts keyed by label) and their macro and weighted
+    averages, by scikit-learn. A value scikit-learn cannot define (precision of a class never predicted,
+    recall of a class without images) is None, and the averages leave it out."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    def defined(values: Any) -> list[float | None]:
+        return [None if v is None or np.isnan(v) else float(v) for v in np.atleast_1d(values)]
+
+    every = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(targets, predicted, labels=every,
+                                                                     zero_division=np.nan)
+    result: dict[str, Any] = {key: dict(zip(labels, defined(values)))
+                              for key, values in (("precision", precision), ("recall", recall), ("f1", f1))}
+    result["support"] = dict(zip(labels, (int(n) for n in support)))
+    for average in ("macro", "weighted"):
+        scores = precision_recall_fscore_support(targets, predicted, labels=every, average=average,
+                                                 zero_division=np.nan)[:3]
+        result[average] = dict(zip(("precision", "recall", "f1"), (defined(v)[0] for v in scores)))
+    return result
 
 
 def predict(model: str | os.PathLike | onnx.ModelProto, images: list[str], *, top: int = 5,

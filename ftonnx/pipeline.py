@@ -54,9 +54,11 @@ def data_args(data: str, *, val: str | None = None, val_split: float | None = No
 
 
 def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os.PathLike,
-          config: TrainConfig | None = None, preprocess: PreprocessFlags | None = None) -> TrainResult:
+          config: TrainConfig | None = None, preprocess: PreprocessFlags | None = None, *,
+          report: bool = True) -> TrainResult:
     """`ftonnx train`: train MODEL (which has a `logits` head and labels) on the data `args` describe;
-    `preprocess` gives the preprocessing when the model's metadata has none."""
+    `preprocess` gives the preprocessing when the model's metadata has none; with `report`, write
+    RUN/report.html too."""
     from ftonnx.graph import load
 
     run, config = RunFolder(run_dir), config or TrainConfig()
@@ -67,14 +69,16 @@ def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os
             source = {"model": str(Path(model_path).absolute())}
         datasets = _datasets(args)
         model = _preprocessed(load(source["model"]), preprocess, datasets[0], source)
-        return _run(model, datasets, run, RunRecord(config, args, source), stored)
+        return _run(model, datasets, run, RunRecord(config, args, source), stored, report)
 
 
 def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str, Any], run_dir: str | os.PathLike,
              config: TrainConfig | None = None, *, hidden: int | None = None, dropout: float = 0.0,
-             last: bool = False, index: int | None = None, preprocess: PreprocessFlags | None = None) -> TrainResult:
+             last: bool = False, index: int | None = None, preprocess: PreprocessFlags | None = None,
+             report: bool = True) -> TrainResult:
     """Cut `pretrained` at `node_spec`, add a head for the data's classes, train and export (RUN/model.onnx);
-    `preprocess` gives the preprocessing when the pretrained model's metadata has none."""
+    `preprocess` gives the preprocessing when the pretrained model's metadata has none; with `report`, write
+    RUN/report.html too."""
     from ftonnx.graph import load
     from ftonnx.graph.cut import cut
     from ftonnx.graph.head import add_head
@@ -92,7 +96,7 @@ def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str,
         backbone = cut(original, source["node"], last=source["last"], index=source["index"])
         model = add_head(backbone, len(datasets[0].classes), hidden=source["hidden"], dropout=source["dropout"],
                          seed=config.seed, labels=datasets[0].classes)
-        return _run(model, datasets, run, RunRecord(config, data_args, source), stored)
+        return _run(model, datasets, run, RunRecord(config, data_args, source), stored, report)
 
 
 def _preprocessed(model: onnx.ModelProto, flags: PreprocessFlags | None, images: Dataset,
@@ -152,8 +156,9 @@ def _datasets(args: dict[str, Any]) -> tuple[Dataset, Dataset]:
 
 
 def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFolder, record: RunRecord,
-         stored: RunRecord | None) -> TrainResult:
-    """Train `model` on images, through the cached prefix when it can, and export RUN/model.onnx."""
+         stored: RunRecord | None, report: bool) -> TrainResult:
+    """Train `model` on images, through the cached prefix when it can, export RUN/model.onnx and, with
+    `report`, write the run's report."""
     meta = metadata.read(model)
     if meta.labels is None:
         raise FtonnxError("the model's metadata has no class labels; add a head with `ftonnx head` or use "
@@ -181,6 +186,7 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
         result = train_loop(trained, batches, val, run, config, trainable, record)
     best = {k: result.best[k] for k in ("epoch", "val_top1", "val_loss", "train_loss")}
     result.model_path = export_inference(model, result.weights, run.model_path, trained=best)
+    result.report_path = write_report(run.path) if report else None
     return result
 
 
@@ -191,6 +197,21 @@ def _head_rate(given: TrainConfig, feature_rms: float) -> TrainConfig:
         log(f"head learning rate {config.lr:.3g}: the features' RMS is {feature_rms:.3g}, below the {FEATURE_RMS} "
             f"the default 1e-3 suits (see --lr)")
     return config
+
+
+def write_report(run_dir: str | os.PathLike) -> Path | None:
+    """RUN/report.html for a finished run, or None: a missing `report` extra or a report that cannot be
+    written (say, the data has moved) is one line in the log, never the failure of a finished training."""
+    from ftonnx import report
+
+    if not report.available():
+        log(f"report: not written; {report.INSTALL} adds RUN/report.html (then `ftonnx report {run_dir}`)")
+        return None
+    try:
+        return report.write_run_report(run_dir)
+    except FtonnxError as exc:
+        log(f"report: not written ({exc}); `ftonnx report {run_dir}` tries again")
+        return None
 
 
 def _image_input(model: onnx.ModelProto) -> str:
@@ -240,9 +261,11 @@ def _cached(model: onnx.ModelProto, cut: list[str], datasets: tuple[Dataset, Dat
     cleanup.callback(_remove_if_empty, run.cache_dir)
     cache, val_cache = _build_caches(prefix, datasets, run, config, cleanup)
     nbytes, on_disk = cache.nbytes + val_cache.nbytes, cache.on_disk or val_cache.on_disk
+    seconds = time.monotonic() - start
     log(f"activation cache: {_size(nbytes)}{f', spilled to {run.cache_dir}' if on_disk else ' in memory'}, "
-        f"built in {time.monotonic() - start:.1f} s")
-    record.cache = {"boundary": cut, "views": views, "on_disk": on_disk, "bytes": nbytes, "feature_rms": cache.rms}
+        f"built in {seconds:.1f} s")
+    record.cache = {"boundary": cut, "views": views, "on_disk": on_disk, "bytes": nbytes, "feature_rms": cache.rms,
+                    "seconds": seconds}
     bs = config.batch_size
     return suffix, CacheBatches(cache, bs, seed=config.seed), CacheBatches(val_cache, bs, shuffle=False)
 

@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera"
 COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+# Labels a list file may carry (no whitespace): markup, quotes and an ampersand, unicode, a bell, a
+# right-to-left override, and mathtext for matplotlib.
+HOSTILE = ["<script>alert(1)</script>", "qu\"o't&amp;", "été☃灯", "bell\x07", "rtl\u202eevil", "$x^2$"]
 
 
 def require_torch():
@@ -71,6 +74,18 @@ def make_folder(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
         for i in range(count):
             write_image(root / name / f"img{i}.png", (24 + 3 * i, 20 + 2 * c), seed=seed + 100 * c + i)
     return root
+
+
+def hostile_data(root: Path) -> dict:
+    """Images listed under the HOSTILE labels (6 training and 3 validation images each), as the arguments
+    of `ftonnx.data.discover`."""
+    from ftonnx.pipeline import data_args
+
+    images = make_folder(root / "img", {"train": 6 * len(HOSTILE), "val": 3 * len(HOSTILE)}, seed=3)
+    for split, per_class in (("train", 6), ("val", 3)):
+        lines = [f"{split}/img{i}.png {HOSTILE[i % len(HOSTILE)]}\n" for i in range(per_class * len(HOSTILE))]
+        (root / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+    return data_args(str(images), list_file=str(root / "train.txt"), val_list=str(root / "val.txt"))
 
 
 def build_tiny_model(num_classes: int = 10, size: int = 32, seed: int = 0) -> onnx.ModelProto:

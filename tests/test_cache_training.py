@@ -80,6 +80,7 @@ def test_cached_export_joins_prefix_and_trained_suffix_and_equals_the_suffix_on_
     assert "activation cache: frozen prefix computed once for 36+18 images (boundary: head.flat)" in stderr
     cache = config(run)["cache"]
     assert cache.pop("feature_rms") > 0
+    assert cache.pop("seconds") > 0
     assert cache == {"boundary": ["head.flat"], "views": 1, "on_disk": False, "bytes": 54 * 16 * 4}
     assert config(run)["augment_used"] is False and not (run / "cache").exists()
     exported = onnx.load(str(run / "model.onnx"))

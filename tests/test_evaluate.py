@@ -94,9 +94,55 @@ def test_cli_eval_json_and_table(tiny_model_path, ten_classes):
     result = runner.invoke(main, ["eval", str(tiny_model_path), "--data", str(ten_classes), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
-    assert set(metrics) == {"loss", "top1", "top5", "per_class", "confusion", "count"} and metrics["count"] == 30
+    assert set(metrics) == {"loss", "top1", "top5", "per_class", "confusion", "count", "precision", "recall", "f1",
+                            "support", "macro", "weighted"} and metrics["count"] == 30
     table = runner.invoke(main, ["eval", str(tiny_model_path), "--data", str(ten_classes)])
-    assert table.exit_code == 0 and f"top1 {metrics['top1']:.4f}" in table.stdout and "class_9" in table.stdout
+    assert table.exit_code == 0 and f"top1 {metrics['top1']:.4f}" in table.stdout
+    lines = table.stdout.splitlines()
+    assert lines[1].split()[:5] == ["class", "prec.", "recall", "F1", "n"]
+    row = lines[2 + 9].split()
+    assert row[0] == "class_9" and row[4] == "3"
+    for column, key in zip(row[1:4], ("precision", "recall", "f1")):
+        value = metrics[key]["class_9"]
+        assert column == ("-" if value is None else f"{value:.4f}")
+
+
+def test_precision_recall_f1_agree_with_the_confusion_matrix(tmp_path):
+    path = tmp_path / "three.onnx"
+    onnx.save(build_tiny_model(num_classes=3, seed=4), str(path))
+    dataset, _ = discover(str(make_folder(tmp_path / "d", {"class_0": 5, "class_1": 7, "class_2": 4}, seed=2)))
+    result = evaluate(path, dataset)
+    matrix = np.array(result["confusion"], float)
+    for i, name in enumerate(dataset.classes):
+        predicted, actual = matrix[:, i].sum(), matrix[i].sum()
+        precision = matrix[i, i] / predicted if predicted else None
+        recall = matrix[i, i] / actual
+        assert result["precision"][name] == (None if precision is None else pytest.approx(precision))
+        assert result["recall"][name] == pytest.approx(recall) == pytest.approx(result["per_class"][name])
+        assert result["support"][name] == actual
+        if precision:
+            assert result["f1"][name] == pytest.approx(2 * precision * recall / (precision + recall))
+    defined = [v for v in result["f1"].values() if v is not None]
+    assert result["macro"]["f1"] == pytest.approx(np.mean(defined))
+    weights = matrix.sum(axis=1)
+    assert result["weighted"]["recall"] == pytest.approx(result["top1"]) == pytest.approx(
+        sum(result["recall"][n] * w for n, w in zip(dataset.classes, weights)) / weights.sum())
+
+
+def test_predictions_are_each_images_probabilities_in_data_set_order(tiny_model_path, ten_classes):
+    from ftonnx.evaluate import evaluate_with_predictions
+
+    dataset, _ = discover(str(ten_classes))
+    broken = Path(dataset.samples[4][0])
+    broken.write_bytes(b"no longer an image")  # left out of the evaluation, and of the predictions
+    result, predictions = evaluate_with_predictions(tiny_model_path, dataset, batch_size=4)
+    kept = [(p, label) for p, label in dataset.samples if p != str(broken)]
+    assert predictions.paths == [p for p, _ in kept] and result["count"] == 29
+    assert predictions.targets.tolist() == [label for _, label in kept]
+    logits = direct_logits(tiny_model_path, predictions.paths)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(predictions.probabilities, expected, rtol=1e-5, atol=1e-7)
+    assert result == evaluate(tiny_model_path, dataset, batch_size=4)
 
 
 def test_cli_eval_with_list_file(tiny_model_path, tmp_path):

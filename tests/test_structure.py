@@ -25,12 +25,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "train": {"errors", "metadata", "files", "folders", "progress", "graph", "data", "runtime"},
     "export": {"errors", "metadata", "files", "folders", "progress", "graph", "data", "runtime", "preprocess",
                "evaluate", "train"},
+    "report": {"errors", "metadata", "files", "folders", "progress", "data", "runtime", "preprocess", "evaluate",
+               "train", "export"},
     "zoo": {"errors", "metadata", "graph"},
     "pipeline": {"errors", "metadata", "files", "folders", "progress", "graph", "data", "runtime", "preprocess",
-                 "evaluate", "train", "export"},
+                 "evaluate", "train", "export", "report"},
     "demo": {"errors", "metadata", "progress", "graph", "data", "evaluate", "train", "pipeline", "zoo"},
     "cli": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate", "train",
-            "export", "pipeline", "demo", "zoo"},
+            "export", "report", "pipeline", "demo", "zoo"},
 }
 MAX_FUNCTION_LINES = 50
 

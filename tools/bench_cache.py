@@ -2,7 +2,8 @@
 
 On hymenoptera with EfficientNet-Lite0 (the zoo's ONNX export, cut at the recommended pooling, a
 2-class head initialised by ftonnx with seed 0), each row runs in a fresh process, timed from
-process start to the saved model, decoding included:
+process start to the saved model (`--no-report`: the report's evaluation pass is not training),
+decoding included:
 
 - cache: `ftonnx finetune` with `--freeze backbone` (the frozen backbone runs once per image);
 - nocache: the same with `--no-cache` (the whole graph every epoch);
@@ -77,7 +78,8 @@ def ftonnx_row(pretrained: Path, data: dict[str, str], out: Path, epochs: int, b
     cli = shutil.which("ftonnx", path=str(Path(sys.executable).parent)) or "ftonnx"
     lists = ["--list", data["list_file"], "--val-list", data["val_list"]] if "list_file" in data else []
     wall, stdout = timed([cli, "finetune", str(pretrained), "--node", "auto", "--data", data["data"], *lists,
-                          "--out", str(out), "--epochs", str(epochs), "--batch-size", str(batch_size), *extra])
+                          "--out", str(out), "--epochs", str(epochs), "--batch-size", str(batch_size), "--no-report",
+                          *extra])
     top1 = float(re.search(r"val top-1 ([0-9.]+)", stdout)[1])
     cache = json.loads((out / "config.json").read_text())["cache"]
     path = f"cached at {', '.join(cache['boundary'])}" if cache else "whole graph"

@@ -32,7 +32,7 @@ def make_run(workdir: Path, data: str, epochs: int) -> Path:
     pretrained = workdir / "efficientnet-lite0.onnx"
     zoo.export_model("efficientnet-lite0", pretrained)
     run = workdir / "run"
-    finetune(pretrained, "auto", data_args(data), run, TrainConfig(epochs=epochs, freeze="backbone"))
+    finetune(pretrained, "auto", data_args(data), run, TrainConfig(epochs=epochs, freeze="backbone"), report=False)
     return run
 
 

@@ -86,7 +86,8 @@ def prepare(folder: Path) -> dict[str, Path]:
     cli = shutil.which("ftonnx", path=str(Path(sys.executable).parent)) or "ftonnx"
     lite0, run = folder / "lite0.onnx", folder / "run"
     subprocess.run([cli, "zoo", "export", "efficientnet-lite0", "-o", str(lite0)], check=True, capture_output=True)
-    subprocess.run([cli, "finetune", str(lite0), "--data", str(HYMENOPTERA), "--out", str(run), "--epochs", "1"],
+    subprocess.run([cli, "finetune", str(lite0), "--data", str(HYMENOPTERA), "--out", str(run), "--epochs", "1",
+                    "--no-report"],
                    check=True, capture_output=True)
     image = next((HYMENOPTERA / "val" / "bees").iterdir())
     return {"cli": Path(cli), "lite0": lite0, "model": run / "model.onnx", "image": image, "folder": folder}

@@ -141,55 +141,61 @@ def preprocess_flags(opts: dict[str, Any]) -> Any:
                            gray=opts.pop("pp_gray"), nhwc=opts.pop("pp_nhwc"))
 
 
+# The data and training options `train` and `finetune` share, in the order --help shows them.
+_TRAIN_OPTIONS = [
+    click.option("--data", required=True, type=click.Path(file_okay=False),
+                 help="Image folder: train/ and val/ with one folder per class, or one folder per class "
+                      "(with --val or --val-split), or the image root of --list."),
+    click.option("--out", "run_dir", required=True, type=click.Path(),
+                 help="Run folder: model.onnx, metrics.jsonl, config.json, checkpoints/."),
+    click.option("--val", type=click.Path(file_okay=False), help="Validation images, one folder per class."),
+    click.option("--val-split", type=float, help="Hold out this fraction of each class for validation (seeded)."),
+    click.option("--list", "list_file", type=click.Path(dir_okay=False),
+                 help="List file of 'relative/path label' lines (MNN's layout), paths relative to --data."),
+    click.option("--val-list", type=click.Path(dir_okay=False),
+                 help="Validation list file, paths relative to --val or --data."),
+    click.option("--labels", type=CommaList(), help="Names of --list's integer labels 0, 1, ... (else: 0..K-1)."),
+    click.option("--epochs", default=5, type=click.IntRange(min=1), help="Passes over the training images."),
+    click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step."),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+                 help="Peak learning rate [default: adamw 1e-3 when only the head trains, 1e-4 when the "
+                      "backbone trains too; sgd ten times that]."),
+    click.option("--optimizer", default="adamw", type=click.Choice(["adamw", "sgd"]), help="Optimizer."),
+    click.option("--weight-decay", type=click.FloatRange(min=0),
+                 help="AdamW's decoupled weight decay; ORT's SGD has none [default: 1e-4 with adamw]."),
+    click.option("--schedule", default="cosine", type=click.Choice(["cosine", "constant"]),
+                 help="Learning rate after the warmup."),
+    click.option("--warmup-epochs", type=click.IntRange(min=0),
+                 help="Epochs of linear warmup [default: 1 when --epochs > 1, else 0]."),
+    click.option("--freeze", default="backbone", type=FreezePolicy(),
+                 help="What stays fixed: the backbone (only head.* trains), none (full finetune), or "
+                      "everything up to node SPEC (the parameters after it train)."),
+    click.option("--augment/--no-augment", default=None,
+                 help="Random resized crop and flip [default: on when a backbone parameter trains]."),
+    click.option("--no-cache", is_flag=True,
+                 help="Train through the whole graph even when the frozen part is a prefix (by default its "
+                      "activations are computed once per image and the rest trains on them)."),
+    click.option("--cache-mem", type=Size(),
+                 help="Activations kept in memory, e.g. 512M or 2G; the rest spill to RUN/cache "
+                      "[default: 2G or a quarter of the RAM, whichever is less]."),
+    click.option("--cache-views", default=1, type=click.IntRange(min=1),
+                 help="Cache K randomly augmented views of each training image (one drawn per epoch); "
+                      "K > 1 turns augmentation on."),
+    click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]),
+                 help="cuda needs the CUDA build: pip install 'ftonnx[cuda]'."),
+    click.option("--seed", default=0, type=int, help="Seed of data order, augmentation, split and head."),
+    click.option("--resume", is_flag=True,
+                 help="Continue the run in --out from its last checkpoint, with the options it started with."),
+    click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it."),
+    click.option("--no-report", is_flag=True,
+                 help="Skip RUN/report.html (its evaluation of the model on the validation images); "
+                      "`ftonnx report RUN` writes it later."),
+]
+
+
 def train_options(f: Callable) -> Callable:
     """The data and training options `train` and `finetune` share."""
-    options = [
-        click.option("--data", required=True, type=click.Path(file_okay=False),
-                     help="Image folder: train/ and val/ with one folder per class, or one folder per class "
-                          "(with --val or --val-split), or the image root of --list."),
-        click.option("--out", "run_dir", required=True, type=click.Path(),
-                     help="Run folder: model.onnx, metrics.jsonl, config.json, checkpoints/."),
-        click.option("--val", type=click.Path(file_okay=False), help="Validation images, one folder per class."),
-        click.option("--val-split", type=float, help="Hold out this fraction of each class for validation (seeded)."),
-        click.option("--list", "list_file", type=click.Path(dir_okay=False),
-                     help="List file of 'relative/path label' lines (MNN's layout), paths relative to --data."),
-        click.option("--val-list", type=click.Path(dir_okay=False),
-                     help="Validation list file, paths relative to --val or --data."),
-        click.option("--labels", type=CommaList(), help="Names of --list's integer labels 0, 1, ... (else: 0..K-1)."),
-        click.option("--epochs", default=5, type=click.IntRange(min=1), help="Passes over the training images."),
-        click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-                     help="Peak learning rate [default: adamw 1e-3 when only the head trains, 1e-4 when the "
-                          "backbone trains too; sgd ten times that]."),
-        click.option("--optimizer", default="adamw", type=click.Choice(["adamw", "sgd"]), help="Optimizer."),
-        click.option("--weight-decay", type=click.FloatRange(min=0),
-                     help="AdamW's decoupled weight decay; ORT's SGD has none [default: 1e-4 with adamw]."),
-        click.option("--schedule", default="cosine", type=click.Choice(["cosine", "constant"]),
-                     help="Learning rate after the warmup."),
-        click.option("--warmup-epochs", type=click.IntRange(min=0),
-                     help="Epochs of linear warmup [default: 1 when --epochs > 1, else 0]."),
-        click.option("--freeze", default="backbone", type=FreezePolicy(),
-                     help="What stays fixed: the backbone (only head.* trains), none (full finetune), or "
-                          "everything up to node SPEC (the parameters after it train)."),
-        click.option("--augment/--no-augment", default=None,
-                     help="Random resized crop and flip [default: on when a backbone parameter trains]."),
-        click.option("--no-cache", is_flag=True,
-                     help="Train through the whole graph even when the frozen part is a prefix (by default its "
-                          "activations are computed once per image and the rest trains on them)."),
-        click.option("--cache-mem", type=Size(),
-                     help="Activations kept in memory, e.g. 512M or 2G; the rest spill to RUN/cache "
-                          "[default: 2G or a quarter of the RAM, whichever is less]."),
-        click.option("--cache-views", default=1, type=click.IntRange(min=1),
-                     help="Cache K randomly augmented views of each training image (one drawn per epoch); "
-                          "K > 1 turns augmentation on."),
-        click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]),
-                     help="cuda needs the CUDA build: pip install 'ftonnx[cuda]'."),
-        click.option("--seed", default=0, type=int, help="Seed of data order, augmentation, split and head."),
-        click.option("--resume", is_flag=True,
-                     help="Continue the run in --out from its last checkpoint, with the options it started with."),
-        click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it."),
-    ]
-    return functools.reduce(lambda decorated, option: option(decorated), reversed(options), f)
+    return functools.reduce(lambda decorated, option: option(decorated), reversed(_TRAIN_OPTIONS), f)
 
 
 def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -208,7 +214,9 @@ def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 
 
 def echo_result(result: Any) -> None:
-    """The last lines of a run: its best val top-1 and where the model is."""
+    """The last lines of a run: its best val top-1, where the model is, and its report."""
     best = result.best
     click.echo(f"val top-1 {best['val_top1']:.4f} (epoch {best['epoch']}, val loss {best['val_loss']:.4f})")
     echo(f"model: {result.model_path}")
+    if result.report_path is not None:
+        echo(f"report: {result.report_path}")

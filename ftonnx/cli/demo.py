@@ -24,4 +24,6 @@ def command(out: str, epochs: int, seed: int) -> None:
     click.echo(f"held-out digits: top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f} "
                f"over {report['count']} images")
     echo(f"model: {report['model']}")
+    if report["report"]:
+        echo(f"report: {report['report']} (open it in a browser)")
     echo(f"try:   ftonnx predict {report['model']} {Path(out) / 'digits' / 'val' / '7'}/*.png --top 3")

@@ -34,17 +34,19 @@ from ftonnx.cli._output import echo, progress_line
 def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidden: int | None, dropout: float,
             export_variants: list[str], **opts: Any) -> None:
     """Finetune PRETRAINED on --data: cut at --node, new head (classes from the data), train, export
-    RUN/model.onnx. When the frozen part is a prefix (e.g. the default --freeze backbone) and nothing
-    augments the images, it runs once per image and the rest trains on its cached activations."""
+    RUN/model.onnx and write RUN/report.html. When the frozen part is a prefix (e.g. the default --freeze
+    backbone) and nothing augments the images, it runs once per image and the rest trains on its cached
+    activations."""
     from ftonnx.export.edge import export_run
     from ftonnx.export.report import format_table
-    from ftonnx.pipeline import finetune
+    from ftonnx.pipeline import finetune, write_report
     from ftonnx.train.run import RunFolder
 
     flags = preprocess_flags(opts)
     args, config = split_train_options(opts)
+    report = not opts["no_report"]
     result = finetune(pretrained, node_spec, args, opts["run_dir"], config, hidden=hidden, dropout=dropout,
-                      last=last, index=index, preprocess=flags)
+                      last=last, index=index, preprocess=flags, report=report and not export_variants)
     echo_result(result)
     if export_variants:
         out = RunFolder(result.run_dir).export_dir
@@ -52,3 +54,5 @@ def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidd
         click.echo(format_table(export_run(result.run_dir, out, **flags,
                                            progress=progress_line)))
         echo(f"exported: {out}")
+        if report and (page := write_report(result.run_dir)) is not None:
+            echo(f"report: {page}")

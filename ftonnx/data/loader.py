@@ -67,7 +67,7 @@ class Loader:
         return x, y, indices, futures
 
     def _collect(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
-                 futures: list[Future]) -> tuple[np.ndarray, np.ndarray]:
+                 futures: list[Future]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Wait for one batch; drop (and report once) the images that failed."""
         reasons = [f.result() for f in futures]
         keep = [slot for slot, reason in enumerate(reasons) if reason is None]
@@ -76,22 +76,26 @@ class Loader:
             if reason is not None and path not in self.failed:
                 self.failed[path] = reason
                 log.warning("skipping %s: %s", printable(path), printable(reason))
-        return (x, y) if len(keep) == len(y) else (x[keep], y[keep])
+        return (x, y, indices) if len(keep) == len(y) else (x[keep], y[keep], indices[keep])
 
     def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of epoch `epoch`, in order, with up to `prefetch` more batches decoding ahead."""
+        return ((x, y) for x, y, _ in self.indexed_epoch(epoch))
+
+    def indexed_epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`epoch`'s batches with the index in `dataset.samples` of each image they hold."""
         order = self._order(epoch)
         batches = (order[s:s + self.batch_size] for s in range(0, len(self) * self.batch_size, self.batch_size))
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ftonnx-decode") as pool:
             pending = deque(self._submit(pool, b, epoch) for b in itertools.islice(batches, self.prefetch + 1))
             try:
                 while pending:
-                    x, y = self._collect(*pending.popleft())
+                    x, y, indices = self._collect(*pending.popleft())
                     following = next(batches, None)
                     if following is not None:
                         pending.append(self._submit(pool, following, epoch))
                     if len(y):
-                        yield x, y
+                        yield x, y, indices
             finally:
                 for *_, futures in pending:
                     for f in futures:

@@ -34,7 +34,8 @@ from ftonnx.train.session import TrainingSession
 @dataclass
 class TrainResult:
     """Where the run is and how it went: `best` is the metrics line of the best epoch, `weights` the
-    trained parameters' values at that epoch; `model_path` is set once a model is exported."""
+    trained parameters' values at that epoch; `model_path` is set once a model is exported, `report_path`
+    once its report is written."""
 
     run_dir: Path
     best: dict[str, Any]
@@ -42,6 +43,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     trainable: list[str] = field(default_factory=list)
     model_path: Path | None = None
+    report_path: Path | None = None
 
 
 def _better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:

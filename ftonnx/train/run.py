@@ -77,7 +77,8 @@ def _record_problem(raw: Any) -> str | None:
 
 class RunFolder:
     """RUN/: model.onnx, config.json, metrics.jsonl, artifacts/, checkpoints/, cache/ (spill files), export/,
-    and ftonnx's marker and lock."""
+    and ftonnx's marker and lock; the report: report.html with its pictures curves.png and confusion.png
+    (`ftonnx eval --report DIR` names its files the same way)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -88,8 +89,12 @@ class RunFolder:
         self.checkpoints = self.path / "checkpoints"
         self.cache_dir = self.path / "cache"
         self.export_dir = self.path / "export"
+        self.report_path = self.path / "report.html"
+        self.curves_path = self.path / "curves.png"
+        self.confusion_path = self.path / "confusion.png"
         self.entries = (self.config_path, self.model_path, self.metrics_path, self.artifacts, self.checkpoints,
-                        self.cache_dir, self.export_dir, self.path / folders.LOCK, folders.marker(self.path, KIND))
+                        self.cache_dir, self.export_dir, self.report_path, self.curves_path, self.confusion_path,
+                        self.path / folders.LOCK, folders.marker(self.path, KIND))
         self._resume_from: dict[str, Any] | None = None  # found once by `claimed`, reused by the loop
 
     def __fspath__(self) -> str:
