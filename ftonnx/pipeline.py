@@ -2,7 +2,12 @@
 train and export in one call), each checking its options once, building its batch sources and calling
 the training loop once, then exporting RUN/model.onnx with the trained weights.
 
-`--resume` takes the options, data and source from RUN/config.json, so that it continues the very run.
+`--resume` takes the options, data and source from RUN/config.json, so that it continues the very run;
+`--resume --epochs N` makes it a run of N epochs (recorded in config.json's "extensions"): a finished run
+trains on, an unfinished one stops at N. The learning-rate schedule is recomputed over the N epochs, so
+the epochs still to train follow an N-epoch run's schedule (after a finished cosine run, the rate
+rises from near zero to where an N-epoch cosine stands, then decays to near zero again). A run that
+stopped early trains no further.
 
 When the frozen parameters form a prefix and nothing augments the images, the prefix runs once per
 image (`ftonnx.train.cache`), the suffix trains on its activations, and RUN/model.onnx is the whole
@@ -39,6 +44,7 @@ from ftonnx.train.freeze import trainable_parameters
 from ftonnx.train.loop import TrainResult
 from ftonnx.train.loop import train as train_loop
 from ftonnx.train.run import RunFolder, RunRecord
+from ftonnx.train.strategy import idle_options, plan_strategy
 
 RUN_SIZE_FACTOR = 4  # a run folder holds about this many copies of the model: artifacts, two checkpoints, model.onnx
 
@@ -125,6 +131,8 @@ def _started(run: RunFolder, config: TrainConfig, args: dict[str, Any], model: s
         stored = None
         if config.resume:
             stored = run.resume_record()
+            if config.epochs is not None and config.epochs != stored.config.epochs:
+                _extend(run, stored, config.epochs)
             stored.config = dataclasses.replace(stored.config, resume=True, device=config.device)
             if not isinstance(stored.source, dict) or not set(source_keys) <= set(stored.source):
                 raise FtonnxError(f"{run.config_path}: damaged: its source lacks {', '.join(source_keys)}; "
@@ -145,6 +153,23 @@ def _file_size(path: str | os.PathLike) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0  # loading it will say what is wrong
+
+
+def _extend(run: RunFolder, stored: RunRecord, epochs: int) -> None:
+    """Make the stored run one of `epochs` epochs, in RUN/config.json too; refuse to end before the epochs
+    it has trained, or to train on after it stopped early."""
+    last = run.check_start(True)
+    done, was = last["epoch"], stored.config.epochs
+    if last.get("stopped"):
+        raise FtonnxError(f"{run} stopped early after epoch {done} ({last['stopped']}); it trains no further: "
+                          "resume without --epochs to export it, or start a new run")
+    if epochs < done:
+        raise FtonnxError(f"{run} has trained {done} epochs already; --epochs must be at least {done}")
+    stored.config = dataclasses.replace(stored.config, epochs=epochs)
+    stored.config.validate()
+    stored.extensions.append({"after_epoch": done, "from": was, "to": epochs})
+    run.write_record(stored)
+    log(f"{run}: {was} -> {epochs} epochs; the learning-rate schedule now spans {epochs} epochs")
 
 
 def _datasets(args: dict[str, Any]) -> tuple[Dataset, Dataset]:
@@ -168,8 +193,13 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
     meta.preprocess.check_input(GraphIndex(model).shapes.get(name), name)
     trainable = trainable_parameters(model, record.config.freeze)
     backbone_trains = any(p not in set(meta.head_params) for p in trainable)
+    counts = np.bincount([label for _, label in datasets[0].samples], minlength=len(datasets[0].classes)).tolist()
     given = record.config
-    config = record.config = given.resolved(backbone_trains=backbone_trains)
+    config = record.config = given.resolved(backbone_trains=backbone_trains, class_counts=counts)
+    idle = idle_options(config, plan_strategy(model, config, trainable))  # checks --delta-layers before any work
+    if idle:
+        log(f"ftonnx: no backbone parameter trains under --freeze {config.freeze}, so {', '.join(idle)} "
+            f"{'has' if len(idle) == 1 else 'have'} no effect")
     if stored is not None and not stored.cache:
         cut, why = [], "resuming a run trained through the whole graph"
     else:
@@ -179,7 +209,7 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
         if cut:
             trained, batches, val = _cached(model, cut, datasets, run, record, cleanup)
             if not backbone_trains:
-                config = record.config = _head_rate(given, record.cache["feature_rms"])
+                config = record.config = _head_rate(given, record.cache["feature_rms"], counts)
         else:
             record.no_cache_reason = why
             trained, batches, val = _uncached(model, name, datasets, meta.preprocess, config, why)
@@ -190,9 +220,9 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
     return result
 
 
-def _head_rate(given: TrainConfig, feature_rms: float) -> TrainConfig:
+def _head_rate(given: TrainConfig, feature_rms: float, class_counts: list[int]) -> TrainConfig:
     """The options of a head-only run, its default rate suited to the scale of the (cached) features."""
-    config = given.resolved(backbone_trains=False, feature_rms=feature_rms)
+    config = given.resolved(backbone_trains=False, feature_rms=feature_rms, class_counts=class_counts)
     if given.lr is None and feature_rms < FEATURE_RMS:
         log(f"head learning rate {config.lr:.3g}: the features' RMS is {feature_rms:.3g}, below the {FEATURE_RMS} "
             f"the default 1e-3 suits (see --lr)")
@@ -279,8 +309,8 @@ def _build_caches(prefix: onnx.ModelProto, datasets: tuple[Dataset, Dataset], ru
     for dataset, n in zip(datasets, (config.cache_views, 1)):
         with Progress(len(dataset.samples) * n, "caching activations") as bar:
             caches.append(cleanup.enter_context(contextlib.closing(ActivationCache.build(
-                prefix, dataset, views=n, augment=n > 1, seed=config.seed, mem_limit=limit,
-                spill_dir=run.cache_dir, device=config.device, progress=bar.update))))
+                prefix, dataset, views=n, augment=config.augment if n > 1 else "none", seed=config.seed,
+                mem_limit=limit, spill_dir=run.cache_dir, device=config.device, progress=bar.update))))
         limit = max(limit - _in_memory(caches[-1]), 1)
     return caches
 

@@ -113,7 +113,7 @@ def test_views_cache_augmented_epochs_and_draw_one_per_image(prefix, dataset):
     cache = ActivationCache.build(prefix, dataset, batch_size=4, views=3, seed=7)
     assert cache.arrays["flat"].shape == (33, 16) and len(cache) == 11
     preprocess = metadata.read(prefix).preprocess
-    loader = Loader(dataset, preprocess, batch_size=11, augment=True, seed=7)
+    loader = Loader(dataset, preprocess, batch_size=11, augment="light", seed=7)
     for v in range(3):
         (x, _), = loader.epoch(v)
         np.testing.assert_allclose(cache.arrays["flat"][v * 11:(v + 1) * 11], forward(prefix, x)["flat"],

@@ -212,7 +212,8 @@ def test_the_plan_says_why_it_does_not_cache(tiny_model):
 
 @pytest.mark.parametrize("extra, message", [
     (("--cache-views", 2, "--no-cache"), "--cache-views caches augmented views, which --no-cache turns off"),
-    (("--cache-views", 2, "--no-augment"), "--cache-views caches augmented views, which --no-augment turns off"),
+    (("--cache-views", 2, "--no-augment"), "--cache-views caches augmented views, which --no-augment (--augment none)"),
+    (("--augment", "strong", "--no-augment"), "--no-augment contradicts --augment strong"),
     (("--cache-views", 2, "--freeze", "none"), "--cache-views needs a frozen prefix, but the freeze is not a prefix"),
     (("--cache-mem", "lots"), "'--cache-mem': 'lots' is not a size; give one such as 512M or 2G"),
 ])

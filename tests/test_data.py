@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from ftonnx.data import Dataset, Loader, discover, load_image
+from ftonnx.data.augment import MAGNITUDE, OPERATIONS
 from ftonnx.data.images import decode
 from ftonnx.errors import FtonnxError
 from ftonnx.metadata import Preprocess
@@ -150,14 +151,36 @@ def test_draft_mode_close_to_full_decode(tmp_path):
 
 def test_augmentation_reproducible_and_random(tmp_path):
     path = write_image(tmp_path / "x.jpg", (80, 60), seed=3)
-    first = load_image(path, PRE, augment=True, rng=np.random.default_rng([0, 1, 2]))
-    again = load_image(path, PRE, augment=True, rng=np.random.default_rng([0, 1, 2]))
+    first = load_image(path, PRE, augment="light", rng=np.random.default_rng([0, 1, 2]))
+    again = load_image(path, PRE, augment="light", rng=np.random.default_rng([0, 1, 2]))
     np.testing.assert_array_equal(first, again)
     assert first.shape == (3, 16, 16)
-    others = [load_image(path, PRE, augment=True, rng=np.random.default_rng([0, 1, k])) for k in range(3, 8)]
+    others = [load_image(path, PRE, augment="light", rng=np.random.default_rng([0, 1, k])) for k in range(3, 8)]
     assert all(not np.array_equal(first, o) for o in others)
-    flips = [decode(path, PRE, augment=True, rng=np.random.default_rng(k)) for k in range(40)]
+    flips = [decode(path, PRE, augment="light", rng=np.random.default_rng(k)) for k in range(40)]
     assert len({img.tobytes() for img in flips}) == 40
+
+
+def test_strong_augmentation_adds_colour_and_randaugment_to_the_light_crop(tmp_path):
+    path = write_image(tmp_path / "x.png", (80, 60), seed=4)
+    pre = Preprocess(size=(32, 32), resize=36)
+    light = [decode(path, pre, augment="light", rng=np.random.default_rng([5, 0, k])) for k in range(6)]
+    strong = [decode(path, pre, augment="strong", rng=np.random.default_rng([5, 0, k])) for k in range(6)]
+    again = [decode(path, pre, augment="strong", rng=np.random.default_rng([5, 0, k])) for k in range(6)]
+    assert [s.tobytes() for s in strong] == [a.tobytes() for a in again]
+    for lo, hi in zip(light, strong):  # the same crop and flip (drawn first), then different pixels
+        assert hi.size == lo.size == (32, 32) and hi.mode == "RGB"
+        assert np.abs(np.asarray(hi, np.float32) - np.asarray(lo, np.float32)).mean() > 2
+    image = light[0]
+    for name in OPERATIONS:  # every operation runs in both directions and keeps size and mode, grayscale too
+        for im in (image, image.convert("L")):
+            for m in (MAGNITUDE, -MAGNITUDE):
+                out = OPERATIONS[name](im, m)
+                assert out.size == im.size and out.mode == im.mode, name
+    changed = [name for name in OPERATIONS if OPERATIONS[name](image, MAGNITUDE).tobytes() != image.tobytes()]
+    assert len(changed) >= len(OPERATIONS) - 2  # identity, and autocontrast on an image spanning 0..255
+    with pytest.raises(FtonnxError, match="unknown augmentation 'heavy'"):
+        Loader(Dataset([(str(path), 0)], ["a"]), pre, batch_size=1, augment="heavy")
 
 
 def _batches(loader: Loader, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -167,7 +190,7 @@ def _batches(loader: Loader, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_loader_deterministic_across_worker_counts(tmp_path):
     root = make_folder(tmp_path / "d", {"a": 6, "b": 5})
     train, _ = discover(str(root))
-    kwargs = dict(batch_size=4, shuffle=True, augment=True, seed=7)
+    kwargs = dict(batch_size=4, shuffle=True, augment="light", seed=7)
     one, three = Loader(train, PRE, workers=1, **kwargs), Loader(train, PRE, workers=3, prefetch=1, **kwargs)
     a, b = _batches(one, 0), _batches(three, 0)
     assert len(one) == len(a) == 3 and [len(y) for _, y in a] == [4, 4, 3]

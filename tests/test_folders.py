@@ -36,8 +36,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def finetune(tiny: Path, data: Path, out: Path, *extra: object) -> tuple[int, str, str]:
-    return cli("finetune", tiny, "--node", NODE, "--data", data, "--out", out, "--batch-size", 6, "--epochs", 1,
-               *extra)
+    """A one-epoch finetune (a resume keeps the run's own epochs: `--resume --epochs N` would extend it)."""
+    epochs = () if "--resume" in extra else ("--epochs", 1)
+    return cli("finetune", tiny, "--node", NODE, "--data", data, "--out", out, "--batch-size", 6, *epochs, *extra)
 
 
 def one_line(code: int, stderr: str, *parts: str) -> str:

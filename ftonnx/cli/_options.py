@@ -43,6 +43,23 @@ class FreezePolicy(click.ParamType):
         self.fail(f"{text!r}: use backbone, none or until:SPEC (SPEC names a node)", param, ctx)
 
 
+class ClassWeights(click.ParamType):
+    """auto, or one positive number per class in class order (comma-separated)."""
+
+    name = "auto|W1,W2,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | list[float]:
+        if value == "auto" or isinstance(value, list):
+            return value
+        try:
+            weights = [float(w) for w in str(value).split(",")]
+        except ValueError:
+            weights = []
+        if not weights or not all(0 < w < float("inf") for w in weights):
+            self.fail(f"{value!r}: use auto or positive numbers, one per class (e.g. 1,2.5)", param, ctx)
+        return weights
+
+
 class CommaList(click.ParamType):
     """A comma-separated list; with `choices`, each item must be one of them."""
 
@@ -155,7 +172,9 @@ _TRAIN_OPTIONS = [
     click.option("--val-list", type=click.Path(dir_okay=False),
                  help="Validation list file, paths relative to --val or --data."),
     click.option("--labels", type=CommaList(), help="Names of --list's integer labels 0, 1, ... (else: 0..K-1)."),
-    click.option("--epochs", default=5, type=click.IntRange(min=1), help="Passes over the training images."),
+    click.option("--epochs", type=click.IntRange(min=1),
+                 help="Passes over the training images [default: 5]. With --resume: make the run one of N "
+                      "epochs (a finished run trains on; the schedule is recomputed over N)."),
     click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step."),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True),
                  help="Peak learning rate [default: adamw 1e-3 when only the head trains, 1e-4 when the "
@@ -170,8 +189,10 @@ _TRAIN_OPTIONS = [
     click.option("--freeze", default="backbone", type=FreezePolicy(),
                  help="What stays fixed: the backbone (only head.* trains), none (full finetune), or "
                       "everything up to node SPEC (the parameters after it train)."),
-    click.option("--augment/--no-augment", default=None,
-                 help="Random resized crop and flip [default: on when a backbone parameter trains]."),
+    click.option("--augment", type=click.Choice(["none", "light", "strong"]),
+                 help="none; light: random resized crop and flip; strong: light, colour jitter and RandAugment "
+                      "[default: light when a backbone parameter trains, else none]."),
+    click.option("--no-augment", is_flag=True, help="Same as --augment none."),
     click.option("--no-cache", is_flag=True,
                  help="Train through the whole graph even when the frozen part is a prefix (by default its "
                       "activations are computed once per image and the rest trains on them)."),
@@ -179,8 +200,8 @@ _TRAIN_OPTIONS = [
                  help="Activations kept in memory, e.g. 512M or 2G; the rest spill to RUN/cache "
                       "[default: 2G or a quarter of the RAM, whichever is less]."),
     click.option("--cache-views", default=1, type=click.IntRange(min=1),
-                 help="Cache K randomly augmented views of each training image (one drawn per epoch); "
-                      "K > 1 turns augmentation on."),
+                 help="Cache K randomly augmented views of each training image (one drawn per epoch), "
+                      "augmented per --augment (light when it is not given)."),
     click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]),
                  help="cuda needs the CUDA build: pip install 'ftonnx[cuda]'."),
     click.option("--seed", default=0, type=int, help="Seed of data order, augmentation, split and head."),
@@ -192,10 +213,33 @@ _TRAIN_OPTIONS = [
                       "`ftonnx report RUN` writes it later."),
 ]
 
+# the finetuning strategies (ftonnx.train.strategy), after the training options in --help
+_STRATEGY_OPTIONS = [
+    click.option("--backbone-lr-mult", default=1.0, type=click.FloatRange(min=0, min_open=True),
+                 help="Trainable backbone parameters learn at this fraction of the head's rate (e.g. 0.1)."),
+    click.option("--l2sp", default=0.0, type=click.FloatRange(min=0), metavar="ALPHA",
+                 help="L2-SP: add ALPHA/2 * ||w - w0||^2 over trainable backbone weights (pulls them towards "
+                      "their pretrained values w0)."),
+    click.option("--delta", default=0.0, type=click.FloatRange(min=0), metavar="ALPHA",
+                 help="DELTA: keep feature maps of --delta-layers close to the pretrained network's, per "
+                      "channel by attention (costs a forward of the trainable nodes before them per step)."),
+    click.option("--delta-layers", type=CommaList(), metavar="SPEC,...",
+                 help="Nodes whose outputs DELTA regularises [default: the feature map the head pools]."),
+    click.option("--label-smoothing", default=0.0, type=click.FloatRange(0, 1, max_open=True), metavar="EPS",
+                 help="Cross-entropy against (1 - EPS) * one-hot + EPS / classes."),
+    click.option("--class-weights", type=ClassWeights(),
+                 help="Weigh each class's loss: auto (inverse class frequency) or one weight per class."),
+    click.option("--patience", default=0, type=click.IntRange(min=0),
+                 help="Stop after this many epochs without a better --monitor (0: never stop early)."),
+    click.option("--monitor", default="val_loss", type=click.Choice(["val_loss", "val_top1"]),
+                 help="What --patience watches."),
+]
+
 
 def train_options(f: Callable) -> Callable:
-    """The data and training options `train` and `finetune` share."""
-    return functools.reduce(lambda decorated, option: option(decorated), reversed(_TRAIN_OPTIONS), f)
+    """The data, training and strategy options `train` and `finetune` share."""
+    return functools.reduce(lambda decorated, option: option(decorated), reversed(_TRAIN_OPTIONS + _STRATEGY_OPTIONS),
+                            f)
 
 
 def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -203,13 +247,15 @@ def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     from ftonnx.pipeline import data_args
     from ftonnx.train.config import TrainConfig
 
+    if opts["no_augment"] and opts["augment"] not in (None, "none"):
+        raise click.UsageError(f"--no-augment contradicts --augment {opts['augment']}; give one of them")
     args = data_args(opts["data"], val=opts["val"], val_split=opts["val_split"], list_file=opts["list_file"],
                      val_list=opts["val_list"], seed=opts["seed"], strict=opts["strict"], labels=opts["labels"])
-    config = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
-                         optimizer=opts["optimizer"], weight_decay=opts["weight_decay"], schedule=opts["schedule"],
-                         warmup_epochs=opts["warmup_epochs"], freeze=opts["freeze"], augment=opts["augment"],
-                         device=opts["device"], seed=opts["seed"], resume=opts["resume"], no_cache=opts["no_cache"],
-                         cache_mem=opts["cache_mem"], cache_views=opts["cache_views"])
+    names = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "freeze",
+             "device", "seed", "resume", "no_cache", "cache_mem", "cache_views", "backbone_lr_mult", "l2sp", "delta",
+             "delta_layers", "label_smoothing", "class_weights", "patience", "monitor")
+    config = TrainConfig(**{name: opts[name] for name in names},
+                         augment="none" if opts["no_augment"] else opts["augment"])
     return args, config
 
 

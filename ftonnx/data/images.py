@@ -4,6 +4,9 @@ Both evaluation (resize the shorter side, center-crop) and augmentation (random 
 torchvision draws it) are expressed as a crop box in the original image's pixels plus an output
 size, so one `Image.resize(size, box=...)` does the work, and JPEG draft mode can decode a large
 file at 1/2, 1/4 or 1/8 scale whenever that still leaves the box at least as large as the output.
+
+Augmentation policies: "none" (center crop), "light" (random resized crop and horizontal flip) and
+"strong" (light, then colour jitter and RandAugment at the output size; see `ftonnx.data.augment`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ import os
 import numpy as np
 from PIL import Image
 
+from ftonnx.data.augment import strong
+from ftonnx.errors import FtonnxError
 from ftonnx.metadata import Preprocess
+
+AUGMENTATIONS = ("none", "light", "strong")
 
 # What Pillow raises on unreadable, truncated or hostile files.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -89,15 +96,22 @@ def random_box(width: int, height: int, rng: np.random.Generator,
     return left, top, left + w, top + h
 
 
-def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = False,
+def check_augment(augment: str) -> None:
+    """Refuse an unknown augmentation policy."""
+    if augment not in AUGMENTATIONS:
+        raise FtonnxError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+
+
+def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: str = "none",
            rng: np.random.Generator | None = None, draft: bool = True) -> Image.Image:
-    """Decode `path` to an RGB (or, for GRAY, L) image of size `preprocess.size`, center-cropped or randomly
-    augmented."""
+    """Decode `path` to an RGB (or, for GRAY, L) image of size `preprocess.size`, center-cropped or augmented
+    per `augment`."""
+    check_augment(augment)
     th, tw = preprocess.size
+    rng = rng if rng is not None or augment == "none" else np.random.default_rng()
     with Image.open(path) as img:
         width, height = img.size
-        if augment:
-            rng = rng if rng is not None else np.random.default_rng()
+        if augment != "none":
             box = random_box(width, height, rng)
             flip = bool(rng.random() < 0.5)
         else:
@@ -112,7 +126,8 @@ def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = F
         pixels = eight_bit(img).convert("L" if preprocess.channel_order == "GRAY" else "RGB")
     box = (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
     out = pixels.resize((tw, th), Image.Resampling.BILINEAR, box=box)
-    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
+    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
+    return strong(out, rng) if augment == "strong" else out
 
 
 def to_array(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
@@ -128,7 +143,7 @@ def to_array(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def load_image(path: str | os.PathLike, preprocess: Preprocess, *, augment: bool = False,
+def load_image(path: str | os.PathLike, preprocess: Preprocess, *, augment: str = "none",
                rng: np.random.Generator | None = None, draft: bool = True) -> np.ndarray:
     """Decode and preprocess one image: float32 in the model's layout, no batch dimension."""
     return to_array(decode(path, preprocess, augment=augment, rng=rng, draft=draft), preprocess)

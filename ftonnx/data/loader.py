@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from ftonnx.data.dataset import Dataset
-from ftonnx.data.images import DECODE_ERRORS, load_image
+from ftonnx.data.images import DECODE_ERRORS, check_augment, load_image
 from ftonnx.errors import FtonnxError, first_line, printable
 from ftonnx.metadata import Preprocess
 
@@ -26,15 +26,17 @@ log = logging.getLogger(__name__)
 class Loader:
     """Batches (x float32, y int64) of a Dataset, decoded ahead of the consumer by a thread pool.
 
-    Order, shuffling and augmentation depend only on (seed, epoch), never on thread scheduling.
-    An image that fails to decode is left out of its batch and reported once.
+    Order, shuffling and augmentation (a policy of `ftonnx.data.images.AUGMENTATIONS`) depend only on
+    (seed, epoch), never on thread scheduling. An image that fails to decode is left out of its batch and
+    reported once.
     """
 
     def __init__(self, dataset: Dataset, preprocess: Preprocess, *, batch_size: int, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, workers: int | None = None, drop_last: bool = False,
+                 augment: str = "none", seed: int = 0, workers: int | None = None, drop_last: bool = False,
                  prefetch: int = 2, draft: bool = True) -> None:
         if batch_size < 1:
             raise FtonnxError(f"batch size must be at least 1, not {batch_size}")
+        check_augment(augment)
         self.dataset, self.preprocess = dataset, preprocess
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.workers = max(1, workers or os.cpu_count() or 1)
@@ -52,7 +54,7 @@ class Loader:
     def _decode_into(self, out: np.ndarray, slot: int, index: int, epoch: int) -> str | None:
         """Decode sample `index` into out[slot]; the reason when it cannot be decoded."""
         path = self.dataset.samples[index][0]
-        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment != "none" else None
         try:
             out[slot] = load_image(path, self.preprocess, augment=self.augment, rng=rng, draft=self.draft)
         except DECODE_ERRORS as exc:

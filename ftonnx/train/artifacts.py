@@ -2,9 +2,11 @@
 
 The forward graph is first made trainable (opset lifted to 12, then `ftonnx.graph.trainable`:
 BatchNormalization frozen, Dropout fed with masks, ops ORT 1.19.2 cannot differentiate rewritten).
-The loss is cross-entropy on `logits`, and the eval graph also outputs `logits` so that validation
-gets predictions. `ftonnx.json` in the folder, written last, records what the artifacts were built
-with; its presence marks them complete.
+The loss is ORT's cross-entropy on `logits`, or, with a finetuning strategy (`ftonnx.train.strategy`),
+the graph's own `loss` over reparametrised backbone parameters; the eval graph also outputs `logits`
+so that validation gets predictions. `ftonnx.json` in the folder, written last, records what the
+artifacts were built with (and how to fold reparametrised parameters back); its presence marks them
+complete.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import onnx
 from ftonnx.errors import FtonnxError
 from ftonnx.files import TEMP_PREFIX, disk_full
 from ftonnx.folders import remove
-from ftonnx.graph.index import prune
+from ftonnx.graph.index import GraphIndex, assign, prune
 from ftonnx.graph.normalize import lift_opset
+from ftonnx.graph.objective import LOSS
 from ftonnx.graph.trainable import make_trainable
 from ftonnx.train.config import OPTIMIZERS
 from ftonnx.train.freeze import parameter_names
+from ftonnx.train.strategy import Strategy, training_graph
 
 LOGITS = "logits"
 
@@ -86,8 +90,9 @@ def _optimizer_block(optimizer: str, weight_decay: float):
 
 
 def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str | os.PathLike, *,
-                    optimizer: str = "adamw", weight_decay: float = 0.0) -> Artifacts:
-    """Write the training artifacts of `model` (parameters `trainable` train, the others stay) to `out_dir`."""
+                    optimizer: str = "adamw", weight_decay: float = 0.0, strategy: Strategy | None = None) -> Artifacts:
+    """Write the training artifacts of `model` (parameters `trainable` train, the others stay) to `out_dir`,
+    with `strategy`'s reparametrisation and objective when one is given."""
     names = parameter_names(model)
     unknown = sorted(set(trainable) - set(names))
     if unknown:
@@ -96,14 +101,19 @@ def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str |
         raise FtonnxError(f"the model has no output {LOGITS!r}; add a head first (ftonnx head or ftonnx finetune)")
     block = _optimizer_block(optimizer, weight_decay)
     forward = make_trainable(prune(lift_opset(model), [LOGITS]))  # the loss takes every output: logits only
-    frozen = [n for n in names if n not in set(trainable)]
+    graph, requires_grad, folds, own_loss = forward.model, list(trainable), {}, False
+    if strategy is not None:
+        graph, requires_grad, folds, own_loss = training_graph(forward, list(trainable), strategy)
+    frozen = [n for n in names if n not in set(requires_grad)]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out_dir.name}.", dir=out_dir.parent))
     try:
-        _generate(forward.model, list(trainable), frozen, block, tmp, out_dir)
+        _generate(graph, requires_grad, frozen, block, tmp, out_dir, own_loss)
         manifest = {"trainable": list(trainable), "frozen": frozen, "optimizer": optimizer,
-                    "weight_decay": weight_decay, "dropout": forward.masks}
+                    "weight_decay": weight_decay, "dropout": forward.masks, "requires_grad": requires_grad,
+                    "reparametrised": folds,
+                    "objective": strategy.objective.to_json() if strategy and strategy.objective else None}
         Artifacts(tmp).manifest_path.write_text(json.dumps(manifest, indent=1))
         tmp.chmod(0o755)
         remove(out_dir)
@@ -114,17 +124,31 @@ def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str |
 
 
 def _generate(forward: onnx.ModelProto, trainable: list[str], frozen: list[str], block, folder: Path,
-              target: Path) -> None:
-    """ORT's generate_artifacts into `folder` (staging for `target`), its failures one FtonnxError line."""
-    from onnxruntime.training import artifacts
+              target: Path, own_loss: bool) -> None:
+    """ORT's generate_artifacts into `folder` (staging for `target`), its failures one FtonnxError line; the
+    loss is ORT's cross-entropy, or with `own_loss` the graph's output `loss`."""
+    from onnxruntime.training import artifacts, onnxblock
 
+    loss = {"loss": onnxblock.blocks.PassThrough(), "loss_input_names": [LOSS]} if own_loss else \
+        {"loss": artifacts.LossType.CrossEntropyLoss}
     try:
         with _quiet_native_stderr():
-            artifacts.generate_artifacts(forward, requires_grad=trainable, frozen_params=frozen,
-                                         loss=artifacts.LossType.CrossEntropyLoss, optimizer=block,
-                                         artifact_directory=folder, additional_output_names=[LOGITS])
+            artifacts.generate_artifacts(forward, requires_grad=trainable, frozen_params=frozen, optimizer=block,
+                                         artifact_directory=folder, additional_output_names=[LOGITS], **loss)
     except Exception as exc:  # ORT and onnx raise RuntimeError, InferenceError, ValidationError...
         if isinstance(exc, OSError) and (full := disk_full(exc, target, 3 * forward.ByteSize())):
             raise full from None
         raise FtonnxError(f"ONNX Runtime cannot build training graphs for this model: "
                           f"{str(exc).strip().splitlines()[-1]}") from None
+    if own_loss:
+        _logits_only(Artifacts(folder).eval_model)
+
+
+def _logits_only(path: Path) -> None:
+    """Cut an eval graph down to what `logits` needs: validation's loss is plain cross-entropy computed from
+    the logits (see `TrainingSession.evaluate`), so the objective's terms, DELTA's pretrained copy among
+    them, need not run there. The graph inputs stay, as ORT's Module feeds the parameters by position."""
+    model = onnx.load(str(path))
+    assign(model.graph.node, GraphIndex(model).upstream([LOGITS]))
+    assign(model.graph.output, [o for o in model.graph.output if o.name == LOGITS])
+    onnx.save(model, str(path))

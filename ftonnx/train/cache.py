@@ -39,7 +39,7 @@ def default_mem_limit() -> int:
     return min(2 << 30, ram // 4)
 
 
-def plan(model: onnx.ModelProto, trainable: list[str], *, enabled: bool = True, augment: bool = False,
+def plan(model: onnx.ModelProto, trainable: list[str], *, enabled: bool = True, augment: str = "none",
          views: int = 1) -> tuple[list[str], str]:
     """(boundary, why not): the tensors to cache at, or [] and the reason to train through the whole graph.
 
@@ -54,7 +54,7 @@ def plan(model: onnx.ModelProto, trainable: list[str], *, enabled: bool = True, 
         if views > 1:
             raise FtonnxError(f"--cache-views needs a frozen prefix, but the freeze is {exc}") from None
         return [], str(exc)
-    if augment and views == 1:
+    if augment != "none" and views == 1:
         return [], "augmentation is on (--no-augment, or --cache-views K to cache K augmented views per image)"
     return cut, ""
 
@@ -122,13 +122,14 @@ class ActivationCache:
     @classmethod
     def build(cls, prefix: onnx.ModelProto | str | os.PathLike, dataset: Dataset,
               preprocess: Preprocess | None = None, *, batch_size: int = 64, views: int = 1,
-              augment: bool = False, seed: int = 0, mem_limit: int | None = None,
+              augment: str = "none", seed: int = 0, mem_limit: int | None = None,
               spill_dir: str | os.PathLike | None = None, device: str = "cpu",
               progress: Callable[[int], None] | None = None) -> "ActivationCache":
         """Run `prefix` once over every image of `dataset` (`views` times, augmented, with `views > 1`).
 
-        `preprocess` defaults to the prefix's metadata. View v is the Loader's epoch v (with
-        `augment`, image i of view v is drawn with the generator seeded by (seed, v, i)). Tensors
+        `preprocess` defaults to the prefix's metadata. View v is the Loader's epoch v (augmented with
+        policy `augment`, "light" when it is "none" and `views > 1`; image i of view v is drawn with the
+        generator seeded by (seed, v, i)). Tensors
         are kept in memory, in output order, while their total fits in `mem_limit` bytes (default
         `default_mem_limit()`); the rest go to .npy memory maps in `spill_dir`. The prefix runs on
         `device`. `progress(k)` is called after each batch with the k images it added (tqdm's `update` fits).
@@ -142,7 +143,8 @@ class ActivationCache:
         if preprocess is None:
             raise FtonnxError("the prefix model has no preprocessing in its metadata; pass one")
         session = _session(model, device)
-        loader = Loader(dataset, preprocess, batch_size=batch_size, augment=augment or views > 1, seed=seed)
+        policy = "light" if augment == "none" and views > 1 else augment
+        loader = Loader(dataset, preprocess, batch_size=batch_size, augment=policy, seed=seed)
         total = len(dataset.samples) * views
         writer = _Writer(total, mem_limit if mem_limit is not None else default_mem_limit(), spill_dir)
         try:

@@ -5,6 +5,10 @@ Batches come from a `Batches` source, so the same loop trains on decoded images 
 activations. Everything random (data order, augmentation, dropout masks) depends on (seed, epoch,
 step) only, and ORT's step is deterministic on a fixed thread count, so a run killed mid-epoch and
 resumed from its last checkpoint ends with bit-identical weights.
+
+Early stopping (`patience` > 0): after each epoch, when the monitored validation value has not
+improved on its best for `patience` epochs, the run stops; the metrics line and the `last` sidecar
+say why, and resuming such a run trains no further. The best checkpoint is kept as always.
 """
 
 from __future__ import annotations
@@ -21,21 +25,24 @@ import onnx
 
 from ftonnx import folders
 from ftonnx.errors import FtonnxError, first_line
+from ftonnx.graph.reparam import fold
 from ftonnx.progress import Progress, log
 from ftonnx.train.artifacts import Artifacts, build_artifacts
 from ftonnx.train.batches import Batches
 from ftonnx.train.config import TrainConfig
+from ftonnx.train.delta import channel_attention
 from ftonnx.train.probe import check_training_step, needs_probe
 from ftonnx.train.run import KIND, RunFolder, RunRecord
 from ftonnx.train.schedule import learning_rate
 from ftonnx.train.session import TrainingSession
+from ftonnx.train.strategy import plan_strategy
 
 
 @dataclass
 class TrainResult:
     """Where the run is and how it went: `best` is the metrics line of the best epoch, `weights` the
-    trained parameters' values at that epoch; `model_path` is set once a model is exported, `report_path`
-    once its report is written."""
+    trained parameters' values at that epoch; `stopped` says why the run stopped early (None when it ran
+    its epochs); `model_path` is set once a model is exported, `report_path` once its report is written."""
 
     run_dir: Path
     best: dict[str, Any]
@@ -43,6 +50,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     trainable: list[str] = field(default_factory=list)
     model_path: Path | None = None
+    stopped: str | None = None
     report_path: Path | None = None
 
 
@@ -63,8 +71,11 @@ def _session(model: onnx.ModelProto, batches: Batches, run: RunFolder, config: T
     manifest = artifacts.manifest()
     if last is None or manifest is None:
         folders.claim(run.path, KIND, "--out")
+        strategy = plan_strategy(model, config, trainable)
+        if strategy.layers:
+            strategy.objective.attention = channel_attention(model, strategy.layers, batches)
         build_artifacts(model, trainable, artifacts.folder, optimizer=config.optimizer,
-                        weight_decay=config.weight_decay)
+                        weight_decay=config.weight_decay, strategy=strategy)
         if needs_probe(artifacts):
             check_training_step(artifacts, *next(iter(batches.epoch(0))))
     elif manifest["trainable"] != trainable or manifest.get("optimizer") != config.optimizer:
@@ -86,23 +97,50 @@ def train(model: onnx.ModelProto, batches: Batches, val: Batches | None, run_dir
     """
     if not config.is_resolved:
         raise ValueError("train() needs a resolved config: TrainConfig.resolved(...)")
+    if config.patience and val is None:
+        raise FtonnxError("--patience stops on validation results: give validation images")
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     last = run.check_start(config.resume)
     session = _session(model, batches, run, config, trainable, last)
     if last is None:
         run.write_record(record or RunRecord(config, {}))
-    run.truncate_metrics(last["epoch"] if last else 0)
+    done, stopped = (last["epoch"], last.get("stopped")) if last else (0, None)
+    run.truncate_metrics(done)
+    history = run.read_metrics()
     if last:
-        log(f"resuming {run} after epoch {last['epoch']}/{config.epochs}")
+        log(f"{run} stopped early after epoch {done}: {stopped}; nothing left to train" if stopped else
+            f"resuming {run} after epoch {done}/{config.epochs}")
     best = last["best"] if last else None
-    for epoch in range(last["epoch"] if last else 0, config.epochs):
+    for epoch in range(done, done if stopped else config.epochs):
         metrics = _epoch(session, batches, val, epoch, config)
         metrics["best"] = _better(metrics, best)
         best = metrics if metrics["best"] else best
+        history.append(metrics)
+        stopped = early_stop(history, config)
+        metrics.update({"stopped": stopped} if stopped else {})
         run.append_metrics(metrics)
-        run.save_checkpoint(session.state, epoch=epoch + 1, step=metrics["step"], best=best, is_best=metrics["best"])
+        run.save_checkpoint(session.state, epoch=epoch + 1, step=metrics["step"], best=best, is_best=metrics["best"],
+                            stopped=stopped)
         log(_summary(metrics, config.epochs))
-    return TrainResult(run.path, best, best_weights(run, trainable), run.read_metrics(), trainable)
+        if stopped:
+            log(f"stopping early after epoch {epoch + 1}: {stopped}")
+            break
+    return TrainResult(run.path, best, best_weights(run, trainable), run.read_metrics(), trainable, stopped=stopped)
+
+
+def early_stop(history: list[dict[str, Any]], config: TrainConfig) -> str | None:
+    """Why to stop after the last epoch of `history`: `config.monitor` has not beaten its best (lower
+    val_loss, higher val_top1; a tie is no improvement) for `config.patience` epochs; None to go on."""
+    if not config.patience:
+        return None
+    sign = 1.0 if config.monitor == "val_loss" else -1.0
+    values = [sign * r[config.monitor] for r in history]
+    at = values.index(min(values))
+    waited = len(values) - 1 - at
+    if waited < config.patience:
+        return None
+    return (f"no better {config.monitor} for {waited} epochs (best {history[at][config.monitor]:.4f} "
+            f"at epoch {history[at]['epoch']})")
 
 
 def _epoch(session: TrainingSession, batches: Batches, val: Batches | None, epoch: int,
@@ -140,13 +178,21 @@ def _summary(record: dict[str, Any], epochs: int) -> str:
     return text + (" (best)" if record["best"] else "")
 
 
-def best_weights(run_dir: str | os.PathLike, names: list[str]) -> dict[str, np.ndarray]:
-    """The values of parameters `names` in the run's best checkpoint."""
+def best_weights(run_dir: str | os.PathLike, names: list[str], which: str = "best") -> dict[str, np.ndarray]:
+    """The values of parameters `names` in the run's `best` (or `last`) checkpoint, those trained as
+    w0 + s * delta folded back (see `ftonnx.train.strategy`)."""
     from onnxruntime.training.api import CheckpointState
 
     run = RunFolder(run_dir)
-    sidecar = run.sidecar("best")
+    sidecar = run.sidecar(which)
     if sidecar is None:
-        raise FtonnxError(f"{run}: no best checkpoint; has an epoch completed?")
+        raise FtonnxError(f"{run}: no {which} checkpoint; has an epoch completed?")
     state = CheckpointState.load_checkpoint(str(run.checkpoint_path(sidecar)))
-    return {name: np.array(state.parameters[name].data) for name in names}
+    folds = (Artifacts(run.artifacts).manifest() or {}).get("reparametrised", {})
+
+    def value(name: str) -> np.ndarray:
+        w = np.array(state.parameters[name].data)
+        f = folds.get(name)
+        return w if f is None else fold(w, np.array(state.parameters[f["delta"]].data), f["scale"])
+
+    return {name: value(name) for name in names}

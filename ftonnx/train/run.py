@@ -42,22 +42,25 @@ _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), 
 @dataclass
 class RunRecord:
     """What RUN/config.json holds: the resolved options, the data (`discover` arguments), what was trained
-    (`source`), and whether the frozen prefix was cached (`cache`) or why not (`no_cache_reason`)."""
+    (`source`), whether the frozen prefix was cached (`cache`) or why not (`no_cache_reason`), and each
+    change of the epoch count by `--resume --epochs N` (`extensions`: after which epoch, from and to)."""
 
     config: TrainConfig
     data_args: dict[str, Any]
     source: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] | None = None
     no_cache_reason: str | None = None
+    extensions: list[dict[str, int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.config.to_json(), "data_args": self.data_args, "source": self.source,
-                "augment_used": self.config.augment, "cache": self.cache, "no_cache_reason": self.no_cache_reason}
+                "augment_used": self.config.augment not in (None, "none"), "cache": self.cache,
+                "no_cache_reason": self.no_cache_reason, "extensions": self.extensions}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RunRecord":
         return cls(TrainConfig.from_json(d), d["data_args"], d.get("source") or {}, d.get("cache"),
-                   d.get("no_cache_reason"))
+                   d.get("no_cache_reason"), d.get("extensions") or [])
 
 
 def _record_problem(raw: Any) -> str | None:
@@ -241,14 +244,16 @@ class RunFolder:
         return self.checkpoints / sidecar["checkpoint"]
 
     def save_checkpoint(self, state: Any, *, epoch: int, step: int, best: dict[str, Any],
-                        is_best: bool) -> dict[str, Any]:
-        """Save `state` (a CheckpointState) as epoch `epoch`'s checkpoint; update the sidecars; returns `last`."""
+                        is_best: bool, stopped: str | None = None) -> dict[str, Any]:
+        """Save `state` (a CheckpointState) as epoch `epoch`'s checkpoint; update the sidecars (`stopped`: why
+        the run stops early after this epoch); returns `last`."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch:04d}.ckpt"
         _save_checkpoint(state, self.checkpoints / name, self._checkpoint_estimate())
         sidecar = {"epoch": epoch, "step": step, "checkpoint": name, "best": best}
         if is_best:
             write_text_atomic(self.checkpoints / "best.json", json.dumps(sidecar, indent=1))
+        sidecar.update({"stopped": stopped} if stopped else {})
         write_text_atomic(self.checkpoints / "last.json", json.dumps(sidecar, indent=1))
         named = {s["checkpoint"] for s in (self.sidecar("last"), self.sidecar("best")) if s}
         for stale in self.checkpoints.glob("*.ckpt"):

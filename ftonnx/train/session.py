@@ -15,7 +15,7 @@ import numpy as np
 
 from ftonnx.errors import FtonnxError
 from ftonnx.progress import Progress
-from ftonnx.train.artifacts import Artifacts
+from ftonnx.train.artifacts import LOGITS, Artifacts
 
 Batch = tuple[dict[str, np.ndarray], np.ndarray]
 LABELS = "labels"
@@ -28,6 +28,14 @@ def draw_mask(spec: dict, batch: int, rng: np.random.Generator | None) -> np.nda
         return np.ones(shape, np.float32)
     keep = rng.random(shape) >= spec["ratio"]
     return (keep / (1.0 - spec["ratio"])).astype(np.float32)
+
+
+def cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The summed cross-entropy of `logits` (batch, classes) against int `labels`, in float64."""
+    z = logits.astype(np.float64)
+    top = z.max(axis=1, keepdims=True)
+    log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+    return float((log_norm - z[np.arange(len(labels)), labels]).sum())
 
 
 class TrainingSession:
@@ -77,13 +85,17 @@ class TrainingSession:
         return float(loss)
 
     def evaluate(self, batches: Iterable[Batch], desc: str) -> tuple[float, float]:
-        """Mean loss and top-1 over `batches` with the eval graph."""
+        """Mean cross-entropy and top-1 over `batches` with the eval graph. The loss is plain cross-entropy
+        of the logits whatever the training objective (smoothing, class weights, regularisers), so that
+        validation losses compare across strategies and with `ftonnx eval`."""
         self.module.eval()
+        at = self.module.output_names().index(LOGITS)
         loss_sum, correct, count = 0.0, 0, 0
         with Progress(None, desc) as bar:
             for inputs, labels in batches:
-                loss, logits = self.module(*self._feeds(self.eval_inputs, inputs, labels, None))[:2]
-                loss_sum += float(loss) * len(labels)
+                outputs = self.module(*self._feeds(self.eval_inputs, inputs, labels, None))
+                logits = outputs[at] if isinstance(outputs, (list, tuple)) else outputs
+                loss_sum += cross_entropy_sum(logits, labels)
                 correct += int((np.argmax(logits, axis=1) == labels).sum())
                 count += len(labels)
                 bar.update(len(labels))
