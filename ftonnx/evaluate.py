@@ -18,14 +18,14 @@ import onnx
 
 from ftonnx import metadata
 from ftonnx.data import Dataset, Loader, check_classes
-from ftonnx.data.images import DECODE_ERRORS, load_image
+from ftonnx.data.images import DECODE_ERRORS, decode, load_image
 from ftonnx.errors import FtonnxError, first_line
 from ftonnx.files import check_new_file, write_text_atomic
 from ftonnx.metadata import Preprocess
 from ftonnx.preprocess import PreprocessFlags, facts_from_shape, resolve_facts
 from ftonnx.preprocess.use import preprocess_for
 from ftonnx.progress import log
-from ftonnx.runtime import image_input, inference_session, run, session_metadata
+from ftonnx.runtime import fixed_batch, image_input, inference_session, run, session_metadata
 
 PREDICT_BATCH_BYTES = 256 << 20  # input bytes of one prediction batch: a handful of huge images at most
 
@@ -45,9 +45,24 @@ def _output(sess: Any, output: str) -> str:
     return output
 
 
+def _pixel_order(sess: Any, meta: metadata.Meta) -> str | None:
+    """The channel order of the uint8 pixels a model takes (an `ftonnx export --pixels` variant), else None."""
+    if image_input(sess)[1] != np.uint8:
+        return None
+    return (meta.extra.get("pixels") or {}).get("order", "RGB")
+
+
+def _fed(pixels: np.ndarray, order: str | None) -> np.ndarray:
+    """Decoded RGB (or gray) pixels in a pixel model's channel order; other inputs as they are."""
+    return np.ascontiguousarray(pixels[..., ::-1]) if order == "BGR" else pixels
+
+
 def _preprocess(given: Preprocess | None, sess: Any, meta: metadata.Meta) -> Preprocess:
     """`given`, else what the model's metadata and input shape say (one line saying what is missing); either
-    way checked against the declared input (metadata may contradict it)."""
+    way checked against the declared input (metadata may contradict it). A pixel model's input shape says
+    nothing of the preprocessing inside it: its metadata does."""
+    if given is None and _pixel_order(sess, meta) and meta.preprocess is not None:
+        return meta.preprocess
     image = sess.get_inputs()[0]
     preprocess = given or resolve_facts(facts_from_shape(image.name, list(image.shape)), meta.preprocess).require()
     preprocess.check_input(list(image.shape), image.name)
@@ -71,13 +86,30 @@ def preprocessing(model: str | os.PathLike | onnx.ModelProto, flags: PreprocessF
     return preprocess_for(model if isinstance(model, onnx.ModelProto) else load(model), flags, images, say=log)
 
 
+def run_batches(sess: Any, output: str, x: np.ndarray) -> np.ndarray:
+    """`output` of a one-input session for the batch `x`, run in chunks of the model's fixed batch size when
+    it has one (the last chunk padded with zeros, which are dropped again)."""
+    name, dtype = image_input(sess)
+    if dtype == np.uint8 and x.dtype != np.uint8:
+        raise FtonnxError("the model takes uint8 pixels (an `ftonnx export --pixels` variant), not preprocessed "
+                          "floats; feed it the decoded images")
+    size = fixed_batch(sess)
+    if size is None or size == len(x):
+        return run(sess, [output], {name: x.astype(dtype, copy=False)})[0]
+    chunks = []
+    for start in range(0, len(x), size):
+        chunk = x[start:start + size].astype(dtype, copy=False)
+        padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), dtype)])
+        chunks.append(run(sess, [output], {name: padded})[0][:len(chunk)])
+    return np.concatenate(chunks)
+
+
 def class_probabilities(sess: Any, x: np.ndarray) -> np.ndarray:
     """The class probabilities a classifier session gives for batch `x`: its `probabilities` output, else its
     first output, turned into probabilities by a softmax unless it already is a distribution per row."""
     outputs = [o.name for o in sess.get_outputs()]
     out = "probabilities" if "probabilities" in outputs else outputs[0]
-    name, dtype = image_input(sess)
-    scores = np.asarray(run(sess, [out], {name: x.astype(dtype, copy=False)})[0], np.float64)
+    scores = np.asarray(run_batches(sess, out, x), np.float64)
     if scores.ndim != 2:
         raise FtonnxError(f"output {out!r} has shape {scores.shape}; a classifier's is (batch, classes)")
     return scores if out == "probabilities" or _are_probabilities(scores) else np.exp(_log_softmax(scores))
@@ -131,12 +163,12 @@ def _evaluate(model: str | os.PathLike | onnx.ModelProto, dataset: Dataset, prep
     if not labels:
         raise FtonnxError("the model's metadata has no class labels; pass them explicitly")
     check_classes(labels, dataset.classes)
-    name, dtype = image_input(sess)
     out = _output(sess, output)
     tally = _Tally(len(labels), keep=keep)
-    loader = Loader(dataset, _preprocess(preprocess, sess, meta), batch_size=batch_size)
+    order = _pixel_order(sess, meta)
+    loader = Loader(dataset, _preprocess(preprocess, sess, meta), batch_size=batch_size, pixels=order is not None)
     for x, y, indices in loader.indexed_epoch(0):
-        scores = np.asarray(run(sess, [out], {name: x.astype(dtype, copy=False)})[0], np.float64)
+        scores = np.asarray(run_batches(sess, out, _fed(x, order)), np.float64)
         if scores.ndim != 2 or scores.shape[1] != len(labels):
             raise FtonnxError(f"output {out!r} has shape {scores.shape}; expected (batch, {len(labels)}) "
                               f"for {len(labels)} labels")
@@ -231,12 +263,12 @@ def predict(model: str | os.PathLike | onnx.ModelProto, images: list[str], *, to
     if top < 1:
         raise FtonnxError(f"top must be at least 1, not {top}")
     sess, meta = _session(model, providers)
-    pre = _preprocess(preprocess, sess, meta)
+    pre, order = _preprocess(preprocess, sess, meta), _pixel_order(sess, meta)
     batch_size = max(1, min(batch_size, PREDICT_BATCH_BYTES // (4 * pre.channels * pre.size[0] * pre.size[1])))
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        probs = class_probabilities(sess, np.stack([_load(path, pre) for path in chunk]))
+        probs = class_probabilities(sess, _fed(np.stack([_load(path, pre, order) for path in chunk]), order))
         labels = meta.labels if meta.labels and len(meta.labels) == probs.shape[1] else \
             [f"class_{i}" for i in range(probs.shape[1])]
         for row in probs:
@@ -254,11 +286,13 @@ def write_predictions_csv(path: str | os.PathLike, images: list[str], results: l
     return write_text_atomic(check_new_file(path), out.getvalue())
 
 
-def _load(path: str, preprocess: Preprocess) -> np.ndarray:
-    """One image for prediction; a clear error when it cannot be read."""
+def _load(path: str, preprocess: Preprocess, order: str | None) -> np.ndarray:
+    """One image for prediction (decoded pixels for a pixel model); a clear error when it cannot be read."""
     if not Path(path).is_file():
         raise FtonnxError(f"{path}: no such image file")
     try:
+        if order is not None:
+            return np.asarray(decode(path, preprocess)).reshape(*preprocess.size, preprocess.channels)
         return load_image(path, preprocess)
     except DECODE_ERRORS as exc:
         reason = first_line(exc)

@@ -122,13 +122,22 @@ def _open(source: str | bytes, name: str, options: Any, chosen: list[str]) -> An
         raise FtonnxError(f"{name}: onnxruntime cannot load it ({first_line(exc)})") from None
 
 
+_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+
 def image_input(session: Any) -> tuple[str, type]:
-    """The name and numpy dtype of a session's one image input."""
+    """The name and numpy dtype of a session's one image input (uint8 for a model fed pixels)."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise FtonnxError(f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
                           "an image classifier has one")
-    return inputs[0].name, np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+    return inputs[0].name, _INPUT_TYPES.get(inputs[0].type, np.float32)
+
+
+def fixed_batch(session: Any) -> int | None:
+    """The batch size a session's image input is fixed to (a model exported with static shapes), else None."""
+    batch = session.get_inputs()[0].shape[0]
+    return batch if isinstance(batch, int) and batch > 0 else None
 
 
 def session_metadata(session: Any) -> metadata.Meta:

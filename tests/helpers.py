@@ -3,6 +3,7 @@ Runtime, invoking the CLI, and training from arrays."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -18,6 +19,7 @@ from ftonnx import metadata
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera"
+LABELS = ["ants", "bees"]  # hymenoptera's classes
 COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
 # Labels a list file may carry (no whitespace): markup, quotes and an ampersand, unicode, a bell, a
 # right-to-left override, and mathtext for matplotlib.
@@ -150,6 +152,25 @@ def skip_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return metadata.write(model, metadata.Meta(labels=["a", "b", "c", "d"]))
+
+
+def write_lists(folder: Path, hymenoptera: Path, per_class: int) -> dict[str, str]:
+    """Train and val list files of `per_class` hymenoptera images per class; the `discover` kwargs."""
+    args = {"data": str(hymenoptera)}
+    for split, key in (("train", "list_file"), ("val", "val_list")):
+        lines = [f"{split}/{c}/{p.name} {c}" for c in LABELS
+                 for p in sorted((hymenoptera / split / c).glob("*.jpg"))[:per_class]]
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        args[key] = str(folder / f"{split}.txt")
+    return args
+
+
+def make_run(run: Path, model: onnx.ModelProto, data_args: dict) -> Path:
+    """A RUN folder as `ftonnx finetune` writes it: model.onnx (logits and probabilities) and config.json."""
+    run.mkdir()
+    onnx.save(model, str(run / "model.onnx"))
+    (run / "config.json").write_text(json.dumps({"data_args": data_args}))
+    return run
 
 
 def image_batch(images: list[Path], preprocess: metadata.Preprocess) -> np.ndarray:

@@ -75,3 +75,65 @@ def test_on_device_needs_head_parameters(tmp_path: Path) -> None:
     with pytest.raises(FtonnxError, match="no head parameters"):
         build_on_device(add_probabilities(build_tiny_model(num_classes=2)), tmp_path / "on_device")
     assert not (tmp_path / "on_device").exists()
+
+
+def _device_training(folder: Path, inputs: list[np.ndarray], y: np.ndarray, val_inputs: list[np.ndarray],
+                     val_y: np.ndarray, *, epochs: int, batch: int,
+                     suffix: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Train with ONNX Runtime's training API as an app would: (val logits, the trained head weight, the
+    median step in ms)."""
+    import time
+
+    from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+    state = CheckpointState.load_checkpoint(str(folder / "checkpoint"))
+    module = Module(str(folder / f"training_model{suffix}"), state, str(folder / f"eval_model{suffix}"), device="cpu")
+    optimizer = Optimizer(str(folder / f"optimizer_model{suffix}"), module)
+    optimizer.set_learning_rate(0.01)
+    times = []
+    for epoch in range(epochs):
+        module.train()
+        order = np.random.default_rng(epoch).permutation(len(y))
+        for start in range(0, len(y), batch):
+            pick = order[start:start + batch]
+            began = time.perf_counter()
+            module(*[x[pick] for x in inputs], y[pick])
+            optimizer.step()
+            module.lazy_reset_grad()
+            times.append(1000 * (time.perf_counter() - began))
+    module.eval()
+    return module(*val_inputs, val_y)[1], state.parameters["head.fc.weight"].data, float(np.median(times))
+
+
+def test_head_only_artifacts_train_like_the_whole_graph_at_a_fraction_of_the_cost(
+        zoo_model_path: Path, hymenoptera: Path, tmp_path: Path) -> None:
+    import json
+
+    from ftonnx.export.ondevice import build_on_device_head, features_of
+
+    model = add_probabilities(add_head(cut(load(zoo_model_path), "auto"), 2, labels=["ants", "bees"]))
+    whole = build_on_device(model, tmp_path / "on_device").folder
+    head = build_on_device_head(model, tmp_path / "on_device_head", ort_format=True).folder
+    manifest = json.loads((head / "ftonnx.json").read_text())
+    assert manifest["features"] == "features.onnx" and manifest["trainable"] == metadata.read(model).head_params
+    assert {"features.onnx", "features.ort", "training_model.ort", "eval_model.ort", "checkpoint"} <= \
+        {p.name for p in head.iterdir()}
+    pre = metadata.read(model).preprocess
+    train, val = discover(str(hymenoptera))
+    x, y = (np.concatenate(a) for a in zip(*Loader(dataclasses.replace(
+        train, samples=train.samples[:12] + train.samples[-12:]), pre, batch_size=24).epoch(0)))
+    vx, vy = next(Loader(dataclasses.replace(val, samples=val.samples[:10] + val.samples[-10:]), pre,
+                         batch_size=20).epoch(0))
+    features, val_features = features_of(head, x)[0], features_of(head, vx)[0]
+    assert list(features) == manifest["feature_inputs"] == ["head.flat"]  # what the head's Gemm reads
+
+    whole_logits, whole_w, whole_ms = _device_training(whole, [x], y, [vx], vy, epochs=3, batch=8, suffix=".onnx")
+    head_logits, head_w, head_ms = _device_training(head, list(features.values()), y, list(val_features.values()),
+                                                    vy, epochs=3, batch=8, suffix=".ort")
+    print(f"on-device step, batch 8: whole graph {whole_ms:.1f} ms, head on stored features {head_ms:.3f} ms "
+          f"({whole_ms / head_ms:.0f}x)")
+    np.testing.assert_allclose(head_w, whole_w, rtol=0, atol=1e-4)  # the same training steps
+    np.testing.assert_allclose(head_logits, whole_logits, rtol=0, atol=1e-3)
+    top1 = [float((logits.argmax(axis=1) == vy).mean()) for logits in (whole_logits, head_logits)]
+    assert top1[0] == top1[1] >= 0.75  # the same accuracy after the same epochs
+    assert head_ms < whole_ms / 10  # the benchmark measures the ratio; here only that it is large

@@ -151,10 +151,11 @@ def test_train_refuses_other_labels_and_overwriting_a_run(tiny_path: Path, colou
 
 def test_finetune_export_runs_the_edge_export_after_training(tiny_path: Path, colours: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code, stdout, stderr = finetune(tiny_path, colours, out, "--epochs", 1, "--export", "int8,ort")
+    code, stdout, stderr = finetune(tiny_path, colours, out, "--epochs", 1, "--export", "int8,ort,static,pixels")
     assert code == 0, stderr
     exported = {p.name for p in (out / "export").iterdir()}
-    assert {"model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort", "report.json"} <= exported
+    assert {"model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort", "report.json", "model.static.onnx",
+            "model.pixels.onnx", "model.int8.pixels.static.ort"} <= exported
     assert "model.fp16.onnx" not in exported
     assert f"exported: {out / 'export'}" in stdout
 
@@ -163,5 +164,5 @@ def test_finetune_refuses_an_unknown_export_variant_before_training(tiny_path: P
                                                                     tmp_path: Path) -> None:
     code, stdout, stderr = finetune(tiny_path, colours, tmp_path / "run", "--export", "int8,tflite")
     assert code == 2 and stderr.strip() == ("ftonnx: error: Invalid value for '--export': 'tflite' is not one of "
-                                            "int8, fp16, ort, on-device")
+                                            "int8, fp16, ort, on-device, static, pixels")
     assert not (tmp_path / "run").exists()

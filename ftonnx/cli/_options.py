@@ -13,7 +13,7 @@ import click
 
 from ftonnx.cli._output import echo
 
-EXPORT_VARIANTS = ("int8", "fp16", "ort", "on-device")
+EXPORT_VARIANTS = ("int8", "fp16", "ort", "on-device", "static", "pixels")
 
 
 class Size(click.ParamType):
@@ -78,6 +78,23 @@ class CommaList(click.ParamType):
         if unknown:
             self.fail(f"{unknown[0]!r} is not one of {', '.join(self.choices)}", param, ctx)
         return items
+
+
+class KeepFloat(click.ParamType):
+    """auto, none, or node names separated by commas (which nodes exist is checked on the model)."""
+
+    name = "auto|none|NODE[,NODE...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if text in ("auto", "none"):
+            return "auto" if text == "auto" else ()
+        names = tuple(n.strip() for n in text.split(","))
+        if not text or not all(names):
+            self.fail(f"{value!r}: give auto, none, or node names separated by commas", param, ctx)
+        return names
 
 
 class HeightWidth(click.ParamType):

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from ftonnx.data.dataset import Dataset
-from ftonnx.data.images import DECODE_ERRORS, check_augment, load_image
+from ftonnx.data.images import DECODE_ERRORS, check_augment, decode, load_image
 from ftonnx.errors import FtonnxError, first_line, printable
 from ftonnx.metadata import Preprocess
 
@@ -28,19 +28,20 @@ class Loader:
 
     Order, shuffling and augmentation (a policy of `ftonnx.data.images.AUGMENTATIONS`) depend only on
     (seed, epoch), never on thread scheduling. An image that fails to decode is left out of its batch and
-    reported once.
+    reported once. With `pixels`, x holds the decoded, cropped images instead: uint8, (N, H, W, channels),
+    before any scaling or layout.
     """
 
     def __init__(self, dataset: Dataset, preprocess: Preprocess, *, batch_size: int, shuffle: bool = False,
                  augment: str = "none", seed: int = 0, workers: int | None = None, drop_last: bool = False,
-                 prefetch: int = 2, draft: bool = True) -> None:
+                 prefetch: int = 2, draft: bool = True, pixels: bool = False) -> None:
         if batch_size < 1:
             raise FtonnxError(f"batch size must be at least 1, not {batch_size}")
         check_augment(augment)
         self.dataset, self.preprocess = dataset, preprocess
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.workers = max(1, workers or os.cpu_count() or 1)
-        self.drop_last, self.prefetch, self.draft = drop_last, max(1, prefetch), draft
+        self.drop_last, self.prefetch, self.draft, self.pixels = drop_last, max(1, prefetch), draft, pixels
         self.failed: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -56,14 +57,21 @@ class Loader:
         path = self.dataset.samples[index][0]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.augment != "none" else None
         try:
-            out[slot] = load_image(path, self.preprocess, augment=self.augment, rng=rng, draft=self.draft)
+            if self.pixels:
+                out[slot] = np.asarray(decode(path, self.preprocess, augment=self.augment, rng=rng,
+                                              draft=self.draft)).reshape(out.shape[1:])
+            else:
+                out[slot] = load_image(path, self.preprocess, augment=self.augment, rng=rng, draft=self.draft)
         except DECODE_ERRORS as exc:
             return first_line(exc)
         return None
 
     def _submit(self, pool: ThreadPoolExecutor, indices: np.ndarray, epoch: int):
         """Start decoding one batch; returns its buffer, labels, sample indices and futures."""
-        x = np.empty(self.preprocess.batch_shape(len(indices)), np.float32)
+        if self.pixels:
+            x = np.empty((len(indices), *self.preprocess.size, self.preprocess.channels), np.uint8)
+        else:
+            x = np.empty(self.preprocess.batch_shape(len(indices)), np.float32)
         y = np.array([self.dataset.samples[i][1] for i in indices], np.int64)
         futures = [pool.submit(self._decode_into, x, slot, int(i), epoch) for slot, i in enumerate(indices)]
         return x, y, indices, futures

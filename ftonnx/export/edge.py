@@ -1,6 +1,7 @@
 """Export a finetuned RUN folder, or any classifier's ONNX file, for edge deployment: float, int8 and fp16
-models, their ORT-format twins, on-device training artifacts, and a report of size, latency and accuracy
-per variant.
+models, each also fed uint8 pixels and with fixed shapes when asked, their ORT-format twins, on-device
+training artifacts (whole graph, and the head alone on stored features), and a report of size, latency,
+accuracy and accelerator coverage per variant.
 
 Everything is built in a hidden staging folder beside the output, which then replaces the output
 whole (`ExportFolder`): a failure leaves nothing half-written there, and a re-export leaves none of the
@@ -25,23 +26,24 @@ from ftonnx import folders, metadata
 from ftonnx.data import Dataset, Loader, check_classes, discover, image_files
 from ftonnx.errors import FtonnxError
 from ftonnx.export.fp16 import convert_fp16
-from ftonnx.export.ondevice import build_on_device
-from ftonnx.export.ort_format import convert_ort
-from ftonnx.export.quantize import quantize_int8
+from ftonnx.export.ondevice import build_on_device, build_on_device_head, step_costs
+from ftonnx.export.quantize import CALIBRATION_CAP, METHODS, Int8Result, quantize_int8
 from ftonnx.export.report import measure
+from ftonnx.export.variants import Forms, write_forms
 from ftonnx.files import disk_full
 from ftonnx.graph.index import GraphIndex, value_shape
-from ftonnx.graph.io import load_model, save_model
+from ftonnx.graph.io import load_model
 from ftonnx.graph.validate import check_untrusted
 from ftonnx.preprocess import PreprocessFlags
 from ftonnx.preprocess.use import preprocess_for
 from ftonnx.train.run import RunFolder
 
-FILES = {"float": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 ON_DEVICE = "on_device"
+ON_DEVICE_HEAD = "on_device_head"
 REPORT = "report.json"
 CALIBRATION_BATCH = 16
 KIND = "export"  # the marker's kind: OUT/.ftonnx-export
+STEP_BATCH = 32  # images in the on-device training step measured both ways
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -126,11 +128,15 @@ def calibration_batches(images: Dataset, preprocess: metadata.Preprocess, count:
     return (x for x, _ in Loader(subset, preprocess, batch_size=CALIBRATION_BATCH).epoch(0))
 
 
-def _first_image(dataset: Dataset, preprocess: metadata.Preprocess) -> np.ndarray:
-    """One decoded image as a batch of 1, the input of the latency runs."""
-    first = dataclasses.replace(dataset, samples=dataset.samples[:8])
-    x, _ = next(Loader(first, preprocess, batch_size=8).epoch(0))
-    return x[:1]
+def _first_images(dataset: Dataset | None, preprocess: metadata.Preprocess, count: int,
+                  pixels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `count` decoded images (pixels: uint8 N,H,W,C; else the model's input) and their labels; one
+    black image without a data set."""
+    if dataset is None:
+        shape = (1, *preprocess.size, preprocess.channels) if pixels else preprocess.batch_shape(1)
+        return np.zeros(shape, np.uint8 if pixels else np.float32), np.zeros(1, np.int64)
+    first = dataclasses.replace(dataset, samples=dataset.samples[:count])
+    return next(Loader(first, preprocess, batch_size=count, pixels=pixels).epoch(0))
 
 
 class ExportFolder:
@@ -196,51 +202,97 @@ class ExportFolder:
         folders.remove(old)
 
 
-def _variants(source: ExportSource, stage: Path, *, int8: bool, fp16: bool, ort: bool, calib: int,
-              say: Callable[[str], None]) -> dict[str, Path]:
-    """Write the float model and the variants asked for into `stage`; returns name -> file."""
-    model = source.model
-    variants = {"float": save_model(model, stage / FILES["float"])}
-    if int8:
-        if source.calibration is None:
-            raise FtonnxError("int8 needs calibration images: pass --calib DIR (a folder of typical inputs)")
-        count = min(calib, len(source.calibration.samples))
-        say(f"int8: calibrating on {count} images")
-        variants["int8"] = stage / FILES["int8"]
-        quantize_int8(model, variants["int8"],
-                      calibration_batches(source.calibration, metadata.read(model).preprocess, calib))
-    if fp16:
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `export_run` writes and measures (see its arguments)."""
+
+    int8: bool = False
+    fp16: bool = False
+    on_device: bool = False
+    forms: Forms = Forms()
+    calib_count: int | None = None
+    calib_method: str = "minmax"
+    keep_float: str | tuple[str, ...] = "auto"
+    threads: int = 1
+    runs: int = 50
+
+    def check(self, model: onnx.ModelProto) -> None:
+        """FtonnxError for values this model cannot be exported with, before any work."""
+        if (self.calib_count is not None and self.calib_count < 1) or self.threads < 1 or self.runs < 1:
+            raise FtonnxError(f"--calib-count, threads and runs must be at least 1, not {self.calib_count}, "
+                              f"{self.threads}, {self.runs}")
+        if self.calib_method not in METHODS:
+            raise FtonnxError(f"calibration method must be one of {', '.join(METHODS)}, not {self.calib_method!r}")
+        self.forms.check()
+        if self.forms.pixels and model.graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise FtonnxError("--pixels: the model's input is not float32 (does it take pixels already?)")
+        if self.keep_float != "auto":
+            names = {n.name for n in model.graph.node}
+            if unknown := [n for n in self.keep_float if n not in names]:
+                raise FtonnxError(f"--int8-keep-float: the model has no node named {unknown[0]!r} "
+                                  "(`ftonnx inspect` lists them)")
+
+
+def _int8(source: ExportSource, options: ExportOptions, say: Callable[[str], None]) -> Int8Result:
+    """The int8 model: calibrated on the source's calibration images, nodes kept float as asked."""
+    if source.calibration is None:
+        raise FtonnxError("int8 needs calibration images: pass --calib DIR (a folder of typical inputs)")
+    count = min(options.calib_count or CALIBRATION_CAP, len(source.calibration.samples))
+    say(f"int8: calibrating on {count} images ({options.calib_method})"
+        + (", choosing the nodes to keep in float" if options.keep_float == "auto" else ""))
+    batches = calibration_batches(source.calibration, metadata.read(source.model).preprocess, count)
+    result = quantize_int8(source.model, batches, method=options.calib_method, keep_float=options.keep_float)
+    if result.keep_float:
+        say(f"int8: kept in float: {', '.join(result.keep_float)}")
+    return result
+
+
+def _models(source: ExportSource, options: ExportOptions,
+            say: Callable[[str], None]) -> tuple[dict[str, onnx.ModelProto], Int8Result | None]:
+    """The float model and the int8 and fp16 ones asked for; the int8 result."""
+    models, int8 = {"float": source.model}, None
+    if options.int8:
+        int8 = _int8(source, options, say)
+        models["int8"] = int8.model
+    if options.fp16:
         say("fp16: converting")
-        variants["fp16"] = stage / FILES["fp16"]
-        convert_fp16(model, variants["fp16"])
-    if ort:
-        say("ort: converting each variant to ORT format")
-        variants.update({f"{name}.ort": convert_ort(path) for name, path in list(variants.items())})
-    return variants
+        models["fp16"] = convert_fp16(source.model)
+    return models, int8
 
 
 def export_run(source: str | os.PathLike | ExportSource, out_dir: str | os.PathLike, *, int8: bool = False,
-               fp16: bool = False, ort: bool = False, on_device: bool = False, calib_count: int = 100,
-               threads: int = 1, runs: int = 50, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+               fp16: bool = False, ort: bool = False, on_device: bool = False, static: bool = False, batch: int = 1,
+               pixels: bool = False, pixel_order: str = "RGB", calib_count: int | None = None,
+               calib_method: str = "minmax", keep_float: str | tuple[str, ...] = "auto", threads: int = 1,
+               runs: int = 50, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export a RUN folder's model (or an `ExportSource`, e.g. `model_source(...)`) into `out_dir` as the
     variants asked for and write `out_dir/report.json`; returns the report (`ftonnx.export.report.measure`'s,
-    plus the origin, calibration count and on-device files). Latency: batch 1, `threads` intra-op threads,
-    median of `runs` runs. OUT is replaced whole (`ExportFolder`): none of an earlier export's files stay
-    beside the new ones; a failure leaves OUT as it was."""
+    plus the origin, the int8 calibration and the nodes it kept in float, and the on-device files and step
+    costs).
+
+    `static`: also each variant with fixed shapes (batch `batch`, the model's input size); `pixels`: also each
+    fed uint8 pixels in `pixel_order` (RGB or BGR); `calib_count` images (default: every calibration image up
+    to 300) calibrated by `calib_method` (minmax, percentile, entropy); `keep_float`: "auto" or node names
+    left in float. Latency: batch 1, `threads` intra-op threads, median of `runs` runs. OUT is replaced whole
+    (`ExportFolder`): none of an earlier export's files stay beside the new ones; a failure leaves OUT as it
+    was."""
     say = progress or (lambda message: None)
     out = ExportFolder(out_dir)
-    if calib_count < 1 or threads < 1 or runs < 1:
-        raise FtonnxError(f"--calib-count, threads and runs must be at least 1, not {calib_count}, {threads}, {runs}")
+    options = ExportOptions(int8=int8, fp16=fp16, on_device=on_device,
+                            forms=Forms(pixels=pixels, pixel_order=pixel_order, static=static, batch=batch, ort=ort),
+                            calib_count=calib_count, calib_method=calib_method,
+                            keep_float=keep_float if isinstance(keep_float, str) else tuple(keep_float),
+                            threads=threads, runs=runs)
     out.check()
     source = source if isinstance(source, ExportSource) else run_source(source)
+    options.check(source.model)
     folders.check_apart(out.path, source.data, "-o")
-    need = _export_size(source.model, int8=int8, fp16=fp16, ort=ort, on_device=on_device)
+    need = _export_size(source.model, options)
     folders.check_free(out.path.parent, need, "the export")
     with out.claimed():
         stage = out.stage()
         try:
-            report = _export(source, stage, int8=int8, fp16=fp16, ort=ort, on_device=on_device, calib=calib_count,
-                             threads=threads, runs=runs, say=say)
+            report = _export(source, stage, options, say)
             (stage / REPORT).write_text(json.dumps(report, indent=2) + "\n")
             out.replace(stage)
         except OSError as exc:
@@ -250,27 +302,40 @@ def export_run(source: str | os.PathLike | ExportSource, out_dir: str | os.PathL
     return report
 
 
-def _export_size(model: onnx.ModelProto, *, int8: bool, fp16: bool, ort: bool, on_device: bool) -> int:
+def _export_size(model: onnx.ModelProto, options: ExportOptions) -> int:
     """About how many bytes the export takes: the float model, int8 (~30 %) and fp16 (~50 %) variants, their
-    ORT twins, two copies for the on-device artifacts."""
-    onnx_files = 1 + 0.3 * int8 + 0.5 * fp16
-    return int(model.ByteSize() * (onnx_files * (2 if ort else 1) + 2 * on_device))
+    fixed-shape, pixel and ORT forms, two copies for each on-device form."""
+    onnx_files = 1 + 0.3 * options.int8 + 0.5 * options.fp16
+    forms = (1 + options.forms.static) * (1 + options.forms.pixels) * (2 if options.forms.ort else 1)
+    return int(model.ByteSize() * (onnx_files * forms + 4 * options.on_device))
 
 
-def _export(source: ExportSource, stage: Path, *, int8: bool, fp16: bool, ort: bool, on_device: bool, calib: int,
-            threads: int, runs: int, say: Callable[[str], None]) -> dict[str, Any]:
+def _on_device(source: ExportSource, stage: Path, options: ExportOptions,
+               say: Callable[[str], None]) -> dict[str, Any]:
+    """Both on-device forms and the cost of one training step each way; the report's entries."""
+    say("on-device: generating training artifacts (whole graph, and the head on stored features)")
+    whole = build_on_device(source.model, stage / ON_DEVICE, ort_format=options.forms.ort)
+    head = build_on_device_head(source.model, stage / ON_DEVICE_HEAD, ort_format=options.forms.ort)
+    preprocess = metadata.read(source.model).preprocess
+    x, y = _first_images(source.val or source.calibration, preprocess, STEP_BATCH, pixels=False)
+    say(f"on-device: timing one training step of {len(y)} images each way")
+    steps = step_costs(whole, head, {source.model.graph.input[0].name: x}, y, threads=options.threads)
+    return {"on_device": sorted(p.name for p in whole.folder.iterdir()),
+            "on_device_head": sorted(p.name for p in head.folder.iterdir()), "on_device_step": steps}
+
+
+def _export(source: ExportSource, stage: Path, options: ExportOptions, say: Callable[[str], None]) -> dict[str, Any]:
     """Write every variant into `stage` and measure them; the report."""
     preprocess = metadata.read(source.model).preprocess
-    variants = _variants(source, stage, int8=int8, fp16=fp16, ort=ort, calib=calib, say=say)
-    if on_device:
-        say("on-device: generating training artifacts")
-        build_on_device(source.model, stage / ON_DEVICE, ort_format=ort)
+    models, int8 = _models(source, options, say)
+    variants = write_forms(models, stage, options.forms, say)
+    device = _on_device(source, stage, options, say) if options.on_device else \
+        {"on_device": None, "on_device_head": None, "on_device_step": None}
     val = source.val
-    say(f"report: latency on {threads} thread(s)" + (f", accuracy on {len(val.samples)} val images" if val else ""))
-    images = val or source.calibration
-    sample = _first_image(images, preprocess) if images else np.zeros(preprocess.batch_shape(1), np.float32)
-    report = measure(variants, val, preprocess, sample, threads=threads, runs=runs)
-    calibrated = min(calib, len(source.calibration.samples)) if int8 and source.calibration else 0
-    report.update(**source.origin, calibration_images=calibrated,
-                  on_device=sorted(p.name for p in (stage / ON_DEVICE).iterdir()) if on_device else None)
+    say(f"report: latency on {options.threads} thread(s), accelerator coverage"
+        + (f", accuracy on {len(val.samples)} val images" if val else ""))
+    sample = _first_images(val or source.calibration, preprocess, 1, pixels=True)[0][0]
+    report = measure(variants, val, preprocess, sample, threads=options.threads, runs=options.runs)
+    report.update(**source.origin, calibration_images=int8.images if int8 else 0,
+                  int8=int8.summary() if int8 else None, **device)
     return report

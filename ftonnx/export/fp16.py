@@ -11,12 +11,15 @@ from ftonnx.graph.index import clone
 from ftonnx.graph.io import save_model
 
 
-def convert_fp16(model: onnx.ModelProto, path: str | os.PathLike) -> onnx.ModelProto:
+def convert_fp16(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> onnx.ModelProto:
     """Convert `model` to float16 with ONNX Runtime's converter (casts at the inputs and outputs),
-    keep its metadata and save it to `path`; returns the converted model."""
+    keep its metadata and save it to `path` when given; returns the converted model."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     half = convert_float_to_float16(clone(model), keep_io_types=True)
+    OnnxModel(half).topological_sort()  # the converter appends its input casts; shape inference wants them first
     metadata.copy(model, half)
-    save_model(half, path)
+    if path is not None:
+        save_model(half, path)
     return half

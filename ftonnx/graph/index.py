@@ -237,6 +237,13 @@ class GraphIndex:
         self._taken.add(candidate)
         return candidate
 
+    def unused(self, wanted: str) -> str:
+        """`wanted` when no tensor, node or input has that name yet, else a fresh `wanted/1`-style name."""
+        if wanted in self._taken:
+            return self.fresh(wanted, "1")
+        self._taken.add(wanted)
+        return wanted
+
     def node(self, op: str, inputs: list[str], base: str, suffix: str, output: str | None = None,
              **attrs: Any) -> onnx.NodeProto:
         """A node named `base/suffix` (made unique) whose single output is `output` or a fresh name."""
