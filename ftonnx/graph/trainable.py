@@ -29,15 +29,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ftonnx.errors import FtonnxError
-from ftonnx.graph.index import (
-    GraphIndex,
-    assign,
-    attributes,
-    clone,
-    drop_unused_initializers,
-    is_onnx_op,
-)
-from ftonnx.graph.normalize import TRAINING_MIN_OPSET, onnx_opset
+from ftonnx.graph.index import GraphIndex, assign, attributes, clone, drop_unused_initializers, is_onnx_op, onnx_opset
+from ftonnx.graph.normalize import TRAINING_MIN_OPSET
 
 
 @dataclass
