@@ -6,9 +6,10 @@ import it, so that no other command pays for it at start-up.
 
 A local cluster is quiet and stays on this machine: no usage statistics (nor the report that says they are
 off), no cloud-metadata probes (a dead loopback proxy refuses them at once; Ray's own gRPC ignores it), no
-dashboard, no token written to ~/.ray, and nodes that stop at once rather than draining for 30 s. It binds to
-127.0.0.2: Ray replaces 127.0.0.1 and localhost by the host's outward address, but not the rest of the
-loopback range. Its files live in a short temporary folder (Ray's unix sockets must fit in 107 bytes).
+dashboard, no token written to ~/.ray, and nodes that stop at once rather than draining for 30 s. On Linux it
+binds to 127.0.0.2: Ray replaces 127.0.0.1 and localhost by the host's outward address, but not the rest of
+the loopback range (which other systems do not configure). Its files live in a short temporary folder (Ray's
+unix sockets must fit in 107 bytes).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def _local(ray: Any) -> Iterator[int]:
     temp = tempfile.mkdtemp(prefix="ftonnx-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     cpus = os.cpu_count() or 1
     try:
-        _init(ray, None, num_cpus=cpus, include_dashboard=False, _node_ip_address=HOST, _temp_dir=temp)
+        where = {"_node_ip_address": HOST} if sys.platform.startswith("linux") else {}
+        _init(ray, None, num_cpus=cpus, include_dashboard=False, _temp_dir=temp, **where)
         try:
             yield cpus
         finally:

@@ -312,7 +312,7 @@ def _cached(model: onnx.ModelProto, cut: list[str], datasets: tuple[Dataset, Dat
     log(f"activation cache: {_size(nbytes)}{f', spilled to {run.cache_dir}' if on_disk else ' in memory'}, "
         f"built in {seconds:.1f} s")
     record.cache = {"boundary": cut, "views": views, "on_disk": on_disk, "bytes": nbytes, "feature_rms": cache.rms,
-                    "seconds": seconds, "ray": config.ray}
+                    "seconds": seconds, **({"ray": config.ray} if config.ray else {})}
     bs = config.batch_size
     return suffix, CacheBatches(cache, bs, seed=config.seed), CacheBatches(val_cache, bs, shuffle=False)
 

@@ -110,7 +110,7 @@ class LocalRayCluster:
     def leftover_pids(self) -> list[int]:
         return [pid for node in self.nodes for pid in session_pids(node.pid)]
 
-    def stop(self, grace: float = 15) -> None:
+    def stop(self, grace: float = 5) -> None:
         for node in reversed(self.nodes):  # other nodes first, the head last
             if node.poll() is None:
                 node.send_signal(signal.SIGTERM)
@@ -132,3 +132,23 @@ class LocalRayCluster:
         while self.leftover_pids() and time.monotonic() < deadline:
             time.sleep(0.05)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def fake_cuda_build() -> None:
+    """A `worker_process_setup_hook`: this worker's onnxruntime says it has CUDA, and its sessions record the
+    providers asked for and the GPU Ray gave the worker (in $FAKE_CUDA_REPORT/PID), run on the CPU, and say
+    they run on CUDA. It lets a test follow --device cuda through a cluster that has no GPU."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def session(source, options=None, providers=None, **kwargs):
+        report = os.path.join(os.environ["FAKE_CUDA_REPORT"], str(os.getpid()))
+        with open(report, "w") as f:
+            f.write(f"{','.join(providers or [])} {os.environ.get('CUDA_VISIBLE_DEVICES')}")
+        made = real(source, options, providers=["CPUExecutionProvider"], **kwargs)
+        made.get_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return made
+
+    ort.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    ort.InferenceSession = session

@@ -341,3 +341,29 @@ def test_views_of_a_table_of_bytes_are_refused_and_a_cuda_cluster_needs_gpus(ray
             build_caches(prefix, [(sets[0], 2), (sets[1], 1)])
         with pytest.raises(FtonnxError, match="too few for 3 actor"):
             build_caches(prefix, [(sets[0], 1), (sets[1], 1)], actors=3)  # 3 CPUs, one kept for reading
+
+
+def test_device_cuda_puts_one_actor_on_each_gpu_and_asks_its_node_for_cuda(ray_cluster, colours, tmp_path):
+    """The second node declares a GPU; the workers' onnxruntime is faked into a CUDA build (raycluster's
+    setup hook). The actor lands on that node with CUDA_VISIBLE_DEVICES=0 and asks for CUDA first."""
+    import ray
+
+    from ftonnx.train.raycache import build_caches
+
+    from raycluster import fake_cuda_build
+
+    sets = discover(str(colours["folder"]))
+    prefix = split(add_head(cut(build_tiny_model(num_classes=3), "/pool/GlobalAveragePool"), 3), ["head.flat"])[0]
+    local = [ActivationCache.build(prefix, dataset) for dataset in sets]
+    ray.init(ray_cluster.address, logging_level="WARNING", log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": fake_cuda_build,  # workers import it from tests/
+                          "env_vars": {"FAKE_CUDA_REPORT": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent)}})
+    try:
+        with cluster.connected(ray_cluster.address) as where:
+            assert where == "the Ray this process initialised"
+            caches = build_caches(prefix, [(sets[0], 1), (sets[1], 1)], device="cuda")
+    finally:
+        ray.shutdown()
+    reports = {p.read_text() for p in tmp_path.iterdir()}
+    assert reports == {"CUDAExecutionProvider,CPUExecutionProvider 0"}
+    assert_same_caches(caches, local)

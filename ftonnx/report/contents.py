@@ -165,7 +165,9 @@ def _cache_facts(record: RunRecord) -> Facts:
     return [("used", "yes: the frozen prefix ran once per image"), ("boundary", ", ".join(cache.get("boundary", []))),
             ("views per training image", cache.get("views")), ("size", size(cache.get("bytes"))),
             ("held", "on disk (memory-mapped)" if cache.get("on_disk") else "in memory"),
-            ("built in", duration(cache.get("seconds")))]
+            ("built in", duration(cache.get("seconds"))),
+            *([("computed on", f"Ray ({'a local cluster' if cache['ray'] == 'local' else cache['ray']})")]
+              if cache.get("ray") else [])]
 
 
 def _decoded(dataset: Dataset, result: dict[str, Any]) -> str:

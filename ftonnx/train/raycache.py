@@ -20,6 +20,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -59,7 +60,7 @@ def build_caches(prefix: onnx.ModelProto | str | os.PathLike, sets: list[tuple[D
     job = Job.of(sets)
     store = _table_store(sets)
     with _data_context(ray):
-        size, resources = _pool(ray, device, reads=store is not None, actors=actors)
+        size, resources = _pool(ray, device, reads=store is not None, actors=actors, useful=-(-len(job) // BATCH))
         inputs, route = _inputs(ray, job, store, augment)
         outputs = inputs.map_batches(
             PrefixActor, fn_constructor_kwargs={"model": ray.put(model.SerializeToString()), "device": device,
@@ -150,9 +151,11 @@ def _pyarrow_local() -> Any:
     return pyarrow.fs.LocalFileSystem()
 
 
-def _pool(ray: Any, device: str, *, reads: bool, actors: int | None) -> tuple[int, dict[str, float]]:
-    """How many actors, and what each reserves: 1 CPU (and 1 GPU with cuda). Reading a table needs a CPU beside
-    the actors' (Ray's read tasks wait for one forever otherwise)."""
+def _pool(ray: Any, device: str, *, reads: bool, actors: int | None,
+          useful: int | None = None) -> tuple[int, dict[str, float]]:
+    """How many actors (`actors`, else as many as the cluster holds, and no more than the `useful` number of
+    batches), and what each reserves: 1 CPU (and 1 GPU with cuda). Reading a table needs a CPU beside the
+    actors' (Ray's read tasks wait for one forever otherwise)."""
     have = ray.cluster_resources()
     cpus, gpus = int(have.get("CPU", 0)), int(have.get("GPU", 0))
     most = cpus - (1 if reads else 0)
@@ -160,7 +163,7 @@ def _pool(ray: Any, device: str, *, reads: bool, actors: int | None) -> tuple[in
         if gpus < 1:
             raise FtonnxError("--device cuda with --ray: the cluster has no GPUs; add GPU nodes or use --device cpu")
         most = min(most, gpus)
-    size = actors or most
+    size = actors or min(most, useful or most)
     if size < 1 or size > most:
         need = f"{size} actor(s) and one CPU for reading the table" if reads else f"{max(size, 1)} actor(s)"
         raise FtonnxError(f"the Ray cluster has {cpus} CPU(s) and {gpus} GPU(s): too few for {need}; add nodes"
@@ -186,11 +189,13 @@ def _data_context(ray: Any) -> Iterator[None]:
 
 
 def _failure(exc: Exception) -> FtonnxError:
-    """The one line for a failed job: ftonnx's own error from a worker as it is, else Ray's first line."""
-    cause = exc
-    while cause is not None and not isinstance(cause, FtonnxError):
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    return FtonnxError(str(cause)) if cause is not None else FtonnxError(f"the Ray job failed: {first_line(exc)}")
+    """The one line for a failed job: ftonnx's own error from a worker (an actor that could not start reaches
+    the driver as Ray's text of it), else the first line of Ray's error."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # Ray colours its messages
+    found = re.search(r"FtonnxError: (.+)", text)
+    if found:
+        return FtonnxError(found[1].strip())
+    return FtonnxError(f"the Ray job failed: {text.splitlines()[0] if text else type(exc).__name__}")
 
 
 def actor_session(model: onnx.ModelProto, device: str, threads: int) -> Any:
