@@ -367,3 +367,15 @@ def test_device_cuda_puts_one_actor_on_each_gpu_and_asks_its_node_for_cuda(ray_c
     reports = {p.read_text() for p in tmp_path.iterdir()}
     assert reports == {"CUDAExecutionProvider,CPUExecutionProvider 0"}
     assert_same_caches(caches, local)
+
+
+def test_device_cuda_on_a_node_without_the_cuda_build_fails_as_one_line(ray_cluster, colours):
+    from ftonnx.train.raycache import build_caches
+
+    sets = discover(str(colours["folder"]))
+    prefix = split(add_head(cut(build_tiny_model(num_classes=3), "/pool/GlobalAveragePool"), 3), ["head.flat"])[0]
+    with cluster.connected(ray_cluster.address):
+        with pytest.raises(FtonnxError) as error:
+            build_caches(prefix, [(sets[0], 1), (sets[1], 1)], device="cuda")
+    assert str(error.value) == ("--device cuda needs ONNX Runtime's CUDA training build: pip install 'ftonnx[cuda]' "
+                                "(onnxruntime-training==1.19.2 in place of onnxruntime-training-cpu)")

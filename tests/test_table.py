@@ -62,6 +62,9 @@ def test_a_table_uri_is_read_with_pyarrow(data):
     assert train.samples[0][0] == f"file://{data['parquet']}#0"
     cache = ActivationCache.build(build_tiny_model(num_classes=3), train)
     assert len(cache) == 30
+    train, val = discover(table=f"file://{data['parts']}", split_column="split")  # a folder: its files in order
+    assert [name.rsplit("/", 1)[1] for name, _ in train.samples[:1] + val.samples[-1:]] == ["part-0.parquet#0",
+                                                                                          "part-2.parquet#14"]
 
 
 def test_validation_from_a_second_table_or_a_fraction(data, tmp_path):
