@@ -30,9 +30,10 @@ from ftonnx.graph.split import split
 from ftonnx.progress import Progress
 from ftonnx.train.cache import ActivationCache
 
-from helpers import build_tiny_model, cli, write_colours, write_tables
+from helpers import TINY_NODE, build_tiny_model, cli, fails_cleanly, write_tables
 
 pytestmark = pytest.mark.timeout(300)
+COLOUR_IMAGES = (8, 4)  # the `colours` fixture's training and validation images per class: 36 in all
 RAY = "needs Ray: pip install 'ftonnx[ray]' (.ci/run installs it)"
 
 
@@ -61,13 +62,10 @@ def assert_same_caches(got: list[ActivationCache], want: list[ActivationCache]) 
 
 # --- without a cluster: options, errors, the CUDA path with a faked provider list ---
 
-def test_without_the_ray_extra_ray_is_one_line(tmp_path, monkeypatch):
+def test_without_the_ray_extra_ray_is_one_line(tiny_path, colours, tmp_path, monkeypatch):
     monkeypatch.setattr(cluster, "available", lambda: False)
-    data = write_colours(tmp_path / "colours", train=2, val=1)
-    onnx.save(build_tiny_model(), str(tmp_path / "tiny.onnx"))
-    code, _, stderr = cli("finetune", tmp_path / "tiny.onnx", "--data", data, "--out", tmp_path / "run", "--ray")
-    assert (code, stderr.strip()) == (2, "ftonnx: error: --ray needs Ray: pip install 'ftonnx[ray]'")
-    assert not (tmp_path / "run").exists()
+    line = fails_cleanly(["finetune", tiny_path, "--data", colours, "--out", tmp_path / "run", "--ray"], tmp_path)
+    assert line == "ftonnx: error: --ray needs Ray: pip install 'ftonnx[ray]'"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -75,12 +73,10 @@ def test_without_the_ray_extra_ray_is_one_line(tmp_path, monkeypatch):
                               "or nothing for a local cluster; put PRETRAINED before --ray"),
     (("--ray", "--no-cache"), "--ray computes the activation cache, which --no-cache turns off"),
 ])
-def test_bad_ray_options_fail_at_once(tmp_path, monkeypatch, args, message):
+def test_bad_ray_options_fail_at_once(tiny_path, colours, tmp_path, monkeypatch, args, message):
     monkeypatch.setattr(cluster, "available", lambda: True)
-    onnx.save(build_tiny_model(), str(tmp_path / "tiny.onnx"))
-    data = write_colours(tmp_path / "colours", train=2, val=1)
-    code, _, stderr = cli("finetune", tmp_path / "tiny.onnx", "--data", data, "--out", tmp_path / "run", *args)
-    assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+    assert message in fails_cleanly(["finetune", tiny_path, "--data", colours, "--out", tmp_path / "run", *args],
+                                    tmp_path)
 
 
 def test_ray_addresses():
@@ -91,13 +87,12 @@ def test_ray_addresses():
             cluster.check_address(bad)
 
 
-def test_commands_that_need_no_ray_never_import_it(tmp_path):
+def test_commands_that_need_no_ray_never_import_it(tiny_path, colours):
     """inspect and predict start fast: Ray (seconds to import) is imported only by --ray's code."""
-    onnx.save(build_tiny_model(), str(tmp_path / "tiny.onnx"))
-    image = next((write_colours(tmp_path / "colours", train=1, val=1) / "val" / "red").iterdir())
+    image = next((colours / "val" / "red").iterdir())
     driver = ("import atexit, sys; atexit.register(lambda: print('ray imported:', 'ray' in sys.modules, "
               "file=sys.stderr)); from ftonnx.cli import main; main()")
-    for args in (("inspect", tmp_path / "tiny.onnx"), ("predict", tmp_path / "tiny.onnx", image)):
+    for args in (("inspect", tiny_path), ("predict", tiny_path, image)):
         out = subprocess.run([sys.executable, "-c", driver, *map(str, args)], capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 0, out.stderr
@@ -127,7 +122,7 @@ def test_actors_ask_for_cuda_where_the_build_has_it_and_refuse_a_silent_fallback
 
     from ftonnx.train.raycache import actor_session
 
-    prefix = split(add_head(cut(build_tiny_model(), "/pool/GlobalAveragePool"), 3), ["head.flat"])[0]
+    prefix = split(add_head(cut(build_tiny_model(), TINY_NODE), 3), ["head.flat"])[0]
     with pytest.raises(FtonnxError, match="--device cuda needs ONNX Runtime's CUDA training build"):
         actor_session(prefix, "cuda", 1)  # this CPU build has no CUDA provider
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -285,10 +280,10 @@ def test_finetune_on_the_cluster_with_a_worker_killed_trains_the_local_weights(r
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory) -> dict[str, Path]:
-    """Colour images, as a folder, a CSV of paths and Parquet tables of bytes with one undecodable image."""
-    root = tmp_path_factory.mktemp("colours")
-    tables = write_tables(root / "tables", write_colours(root / "colours", train=8, val=4))
+def colour_tables(colours, tmp_path_factory) -> dict[str, Path]:
+    """The colour images, as a folder, a CSV of paths and Parquet tables of bytes with one undecodable image."""
+    root = tmp_path_factory.mktemp("tables")
+    tables = write_tables(root / "tables", colours)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -297,21 +292,22 @@ def colours(tmp_path_factory) -> dict[str, Path]:
     images[3] = b"not an image"
     pq.write_table(part.set_column(0, "image", pa.array(images, pa.binary())), tables["parts"] / "part-1.parquet")
     onnx.save(build_tiny_model(num_classes=3), str(root / "tiny.onnx"))
-    return {"folder": root / "colours", "model": root / "tiny.onnx", **tables}
+    return {"folder": colours, "model": root / "tiny.onnx", **tables}
 
 
 @pytest.mark.parametrize("source", ["parts", "csv", "views"])
-def test_tables_and_views_on_the_cluster_equal_the_local_caches(ray_cluster, colours, source):
+def test_tables_and_views_on_the_cluster_equal_the_local_caches(ray_cluster, colour_tables, source):
     from ftonnx.train.raycache import build_caches
 
     if source == "csv":
-        sets = discover(table=str(colours["csv"]), image_column="file", label_column="class", split_column="split")
+        sets = discover(table=str(colour_tables["csv"]), image_column="file", label_column="class",
+                        split_column="split")
     elif source == "parts":  # three files of bytes; one image does not decode (skipped, as locally)
-        sets = discover(table=str(colours["parts"]), split_column="split")
+        sets = discover(table=str(colour_tables["parts"]), split_column="split")
     else:
-        sets = discover(str(colours["folder"]))
+        sets = discover(str(colour_tables["folder"]))
     views = 3 if source == "views" else 1
-    prefix = split(add_head(cut(build_tiny_model(num_classes=3), "/pool/GlobalAveragePool"), 3), ["head.flat"])[0]
+    prefix = split(add_head(cut(build_tiny_model(num_classes=3), TINY_NODE), 3), ["head.flat"])[0]
     local = [ActivationCache.build(prefix, sets[0], views=views, augment="strong" if views > 1 else "none", seed=5),
              ActivationCache.build(prefix, sets[1])]
     with cluster.connected(ray_cluster.address):
@@ -320,22 +316,23 @@ def test_tables_and_views_on_the_cluster_equal_the_local_caches(ray_cluster, col
     assert len(caches[0].labels) + len(caches[1].labels) == 36 - (source == "parts")
 
 
-def test_finetune_from_a_table_of_bytes_on_the_cluster_trains_the_folders_weights(ray_cluster, colours, tmp_path):
-    common = ("--node", "/pool/GlobalAveragePool", "--batch-size", 8, "--lr", 0.1, "--epochs", 3, "--no-report")
-    code, _, stderr = cli("finetune", colours["model"], "--data", colours["folder"], "--out", tmp_path / "folder",
+def test_finetune_from_a_table_of_bytes_on_the_cluster_trains_the_folders_weights(ray_cluster, colour_tables, tmp_path):
+    tables = colour_tables
+    common = ("--node", TINY_NODE, "--batch-size", 8, "--lr", 0.1, "--epochs", 3, "--no-report")
+    code, _, stderr = cli("finetune", tables["model"], "--data", tables["folder"], "--out", tmp_path / "folder",
                           *common)
     assert code == 0, stderr
-    code, _, stderr = cli("finetune", colours["model"], "--table", colours["parquet"], "--split-column", "split",
+    code, _, stderr = cli("finetune", tables["model"], "--table", tables["parquet"], "--split-column", "split",
                           "--out", tmp_path / "table", "--ray", ray_cluster.address, *common)
     assert code == 0, stderr
     assert same_weights(tmp_path / "table", tmp_path / "folder")
 
 
-def test_views_of_a_table_of_bytes_are_refused_and_a_cuda_cluster_needs_gpus(ray_cluster, colours):
+def test_views_of_a_table_of_bytes_are_refused_and_a_cuda_cluster_needs_gpus(ray_cluster, colour_tables):
     from ftonnx.train.raycache import build_caches
 
-    sets = discover(table=str(colours["parquet"]), split_column="split")
-    prefix = split(add_head(cut(build_tiny_model(num_classes=3), "/pool/GlobalAveragePool"), 3), ["head.flat"])[0]
+    sets = discover(table=str(colour_tables["parquet"]), split_column="split")
+    prefix = split(add_head(cut(build_tiny_model(num_classes=3), TINY_NODE), 3), ["head.flat"])[0]
     with cluster.connected(ray_cluster.address):
         with pytest.raises(FtonnxError, match="--cache-views with --ray needs the images as files"):
             build_caches(prefix, [(sets[0], 2), (sets[1], 1)])
@@ -343,7 +340,7 @@ def test_views_of_a_table_of_bytes_are_refused_and_a_cuda_cluster_needs_gpus(ray
             build_caches(prefix, [(sets[0], 1), (sets[1], 1)], actors=3)  # 3 CPUs, one kept for reading
 
 
-def test_device_cuda_puts_one_actor_on_each_gpu_and_asks_its_node_for_cuda(ray_cluster, colours, tmp_path):
+def test_device_cuda_puts_one_actor_on_each_gpu_and_asks_its_node_for_cuda(ray_cluster, colour_tables, tmp_path):
     """The second node declares a GPU; the workers' onnxruntime is faked into a CUDA build (raycluster's
     setup hook). The actor lands on that node with CUDA_VISIBLE_DEVICES=0 and asks for CUDA first."""
     import ray
@@ -352,8 +349,8 @@ def test_device_cuda_puts_one_actor_on_each_gpu_and_asks_its_node_for_cuda(ray_c
 
     from raycluster import fake_cuda_build
 
-    sets = discover(str(colours["folder"]))
-    prefix = split(add_head(cut(build_tiny_model(num_classes=3), "/pool/GlobalAveragePool"), 3), ["head.flat"])[0]
+    sets = discover(str(colour_tables["folder"]))
+    prefix = split(add_head(cut(build_tiny_model(num_classes=3), TINY_NODE), 3), ["head.flat"])[0]
     local = [ActivationCache.build(prefix, dataset) for dataset in sets]
     ray.init(ray_cluster.address, logging_level="WARNING", log_to_driver=False,
              runtime_env={"worker_process_setup_hook": fake_cuda_build,  # workers import it from tests/
@@ -369,11 +366,11 @@ def test_device_cuda_puts_one_actor_on_each_gpu_and_asks_its_node_for_cuda(ray_c
     assert_same_caches(caches, local)
 
 
-def test_device_cuda_on_a_node_without_the_cuda_build_fails_as_one_line(ray_cluster, colours):
+def test_device_cuda_on_a_node_without_the_cuda_build_fails_as_one_line(ray_cluster, colour_tables):
     from ftonnx.train.raycache import build_caches
 
-    sets = discover(str(colours["folder"]))
-    prefix = split(add_head(cut(build_tiny_model(num_classes=3), "/pool/GlobalAveragePool"), 3), ["head.flat"])[0]
+    sets = discover(str(colour_tables["folder"]))
+    prefix = split(add_head(cut(build_tiny_model(num_classes=3), TINY_NODE), 3), ["head.flat"])[0]
     with cluster.connected(ray_cluster.address):
         with pytest.raises(FtonnxError) as error:
             build_caches(prefix, [(sets[0], 1), (sets[1], 1)], device="cuda")

@@ -17,15 +17,15 @@ from ftonnx.errors import FtonnxError
 from ftonnx.metadata import Preprocess
 from ftonnx.train.cache import ActivationCache
 
-from helpers import build_tiny_model, cli, write_colours, write_tables
+from helpers import TINY_NODE, build_tiny_model, cli, fails_cleanly, interrupt_cached_training, write_tables
 
-NODE = "/pool/GlobalAveragePool"
+COLOUR_IMAGES = (10, 5)  # the `colours` fixture's training and validation images per class
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def data(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The colour folder, the tables of its images, and a tiny 3-class model."""
     root = tmp_path_factory.mktemp("table")
-    colours = write_colours(root / "colours", train=10, val=5)
     onnx.save(build_tiny_model(num_classes=3), str(root / "tiny.onnx"))
     return {"colours": colours, "model": root / "tiny.onnx", **write_tables(root / "tables", colours)}
 
@@ -89,7 +89,7 @@ def weights(run: Path) -> dict[str, np.ndarray]:
 
 
 def finetune(data: dict[str, Path], out: Path, *source: object) -> tuple[int, str, str]:
-    return cli("finetune", data["model"], "--node", NODE, *source, "--out", out, "--batch-size", 8, "--lr", 0.1,
+    return cli("finetune", data["model"], "--node", TINY_NODE, *source, "--out", out, "--batch-size", 8, "--lr", 0.1,
                "--epochs", 3, "--no-report")
 
 
@@ -120,14 +120,7 @@ def test_finetune_from_a_table_trains_the_folders_weights(data, folder_run, tmp_
 
 def test_a_run_from_a_table_resumes_to_the_uninterrupted_model(data, folder_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    batches = ActivationCache.batches
-
-    def interrupting(self, epoch, *args, **kwargs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return batches(self, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(ActivationCache, "batches", interrupting)
+    interrupt_cached_training(monkeypatch, 1)
     source = ("--table", data["csv"], "--image-column", "file", "--label-column", "class", "--split-column", "split")
     assert finetune(data, run, *source)[0] == 130
     monkeypatch.undo()
@@ -139,10 +132,10 @@ def test_a_run_from_a_table_resumes_to_the_uninterrupted_model(data, folder_run,
 
 
 def test_the_cli_wants_a_folder_or_a_table(data, tmp_path):
-    code, _, stderr = finetune(data, tmp_path / "run")
-    assert (code, stderr.strip()) == (2, "ftonnx: error: give the images with --data FOLDER or --table FILE")
-    code, _, stderr = finetune(data, tmp_path / "run", "--data", data["colours"], "--table", data["csv"])
-    assert code == 2 and "give --data or --table, not both" in stderr
+    finetune = ["finetune", data["model"], "--out", tmp_path / "run"]
+    assert fails_cleanly(finetune, tmp_path) == "ftonnx: error: give the images with --data FOLDER or --table FILE"
+    assert "give --data or --table, not both" in fails_cleanly(
+        [*finetune, "--data", data["colours"], "--table", data["csv"]], tmp_path)
 
 
 @pytest.fixture

@@ -47,10 +47,9 @@ def build_caches(prefix: onnx.ModelProto | str | os.PathLike, sets: list[tuple[D
                  actors: int | None = None, progress: Callable[[int], None] | None = None) -> list[ActivationCache]:
     """One ActivationCache per (dataset, views) of `sets`, as `ActivationCache.build(prefix, dataset, views=views,
     augment=augment if views > 1 else "none", seed=seed, ...)` makes it, computed on the Ray cluster this
-    process is connected to
-    (`ftonnx.cluster.connected`). The caches share `mem_limit`, in the order given; `actors` defaults to all
-    the cluster's CPUs (GPUs with cuda), less one CPU when Ray reads a table. `progress(k)` is called as each
-    batch of k images arrives."""
+    process is connected to (`ftonnx.cluster.connected`). The caches share `mem_limit`, in the order given;
+    `actors` defaults to all the cluster's CPUs (GPUs with cuda), less one CPU when Ray reads a table, and no
+    more than the job has batches. `progress(k)` is called as each batch of k images arrives."""
     import ray
 
     model = prefix if isinstance(prefix, onnx.ModelProto) else load_model(prefix)
