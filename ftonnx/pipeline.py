@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import onnx
 
-from ftonnx import folders, metadata
+from ftonnx import cluster, folders, metadata
 from ftonnx.data import Dataset, Loader, check_classes, discover
 from ftonnx.errors import FtonnxError
 from ftonnx.export.inference import export_inference
@@ -49,14 +49,23 @@ from ftonnx.train.strategy import idle_options, plan_strategy
 RUN_SIZE_FACTOR = 4  # a run folder holds about this many copies of the model: artifacts, two checkpoints, model.onnx
 
 
-def data_args(data: str, *, val: str | None = None, val_split: float | None = None, list_file: str | None = None,
-              val_list: str | None = None, seed: int = 0, strict: bool = False,
-              labels: list[str] | None = None) -> dict[str, Any]:
+def data_args(data: str | None = None, *, val: str | None = None, val_split: float | None = None,
+              list_file: str | None = None, val_list: str | None = None, seed: int = 0, strict: bool = False,
+              labels: list[str] | None = None, table: str | None = None, val_table: str | None = None,
+              image_column: str = "image", label_column: str = "label",
+              split_column: str | None = None) -> dict[str, Any]:
     """The keyword arguments of `ftonnx.data.discover` for these options (stored in RUN/config.json)."""
-    return {"data": str(Path(data).expanduser().absolute()), "val": val and str(Path(val).expanduser().absolute()),
-            "val_split": val_split, "list_file": list_file and str(Path(list_file).expanduser().absolute()),
-            "val_list": val_list and str(Path(val_list).expanduser().absolute()), "seed": seed, "strict": strict,
-            "labels": labels}
+    return {"data": _absolute(data), "val": _absolute(val), "val_split": val_split, "list_file": _absolute(list_file),
+            "val_list": _absolute(val_list), "seed": seed, "strict": strict, "labels": labels,
+            "table": _absolute(table), "val_table": _absolute(val_table), "image_column": image_column,
+            "label_column": label_column, "split_column": split_column}
+
+
+def _absolute(path: str | None) -> str | None:
+    """`path` made absolute, so that a resumed run finds it from any folder; a URI (s3://...) as it is."""
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).expanduser().absolute())
 
 
 def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os.PathLike,
@@ -133,7 +142,7 @@ def _started(run: RunFolder, config: TrainConfig, args: dict[str, Any], model: s
             stored = run.resume_record()
             if config.epochs is not None and config.epochs != stored.config.epochs:
                 _extend(run, stored, config.epochs)
-            stored.config = dataclasses.replace(stored.config, resume=True, device=config.device)
+            stored.config = dataclasses.replace(stored.config, resume=True, device=config.device, ray=config.ray)
             if not isinstance(stored.source, dict) or not set(source_keys) <= set(stored.source):
                 raise FtonnxError(f"{run.config_path}: damaged: its source lacks {', '.join(source_keys)}; "
                                   "was it written by another command?")
@@ -145,6 +154,8 @@ def _check_start(run: RunFolder, config: TrainConfig, args: dict[str, Any]) -> N
     """The options, the device, and where the run goes: not inside the data, and the data not inside it."""
     config.validate()
     check_device(config.device)
+    if config.ray:
+        cluster.require()
     folders.check_apart(run.path, [args.get("data"), args.get("val")], "--out")
 
 
@@ -176,7 +187,8 @@ def _datasets(args: dict[str, Any]) -> tuple[Dataset, Dataset]:
     """Training and validation sets; training needs both (best epoch, reported top-1)."""
     train_set, val_set = discover(**args)
     if val_set is None:
-        raise FtonnxError("no validation images: DATA needs train/ and val/, or pass --val DIR or --val-split F")
+        raise FtonnxError("no validation images: DATA needs train/ and val/, or pass --val DIR or --val-split F "
+                          "(with --table: --split-column, --val-table or --val-split F)")
     return train_set, val_set
 
 
@@ -212,6 +224,8 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
                 config = record.config = _head_rate(given, record.cache["feature_rms"], counts)
         else:
             record.no_cache_reason = why
+            if config.ray:
+                log(f"--ray: not used, as there is no activation cache to compute ({why})")
             trained, batches, val = _uncached(model, name, datasets, meta.preprocess, config, why)
         result = train_loop(trained, batches, val, run, config, trainable, record)
     best = {k: result.best[k] for k in ("epoch", "val_top1", "val_loss", "train_loss")}
@@ -289,13 +303,16 @@ def _cached(model: onnx.ModelProto, cut: list[str], datasets: tuple[Dataset, Dat
         f"(boundary: {', '.join(cut)})")
     start = time.monotonic()
     cleanup.callback(_remove_if_empty, run.cache_dir)
-    cache, val_cache = _build_caches(prefix, datasets, run, config, cleanup)
+    if config.ray:
+        cache, val_cache = _ray_caches(prefix, datasets, run, config, record.data_args.get("strict", False), cleanup)
+    else:
+        cache, val_cache = _build_caches(prefix, datasets, run, config, cleanup)
     nbytes, on_disk = cache.nbytes + val_cache.nbytes, cache.on_disk or val_cache.on_disk
     seconds = time.monotonic() - start
     log(f"activation cache: {_size(nbytes)}{f', spilled to {run.cache_dir}' if on_disk else ' in memory'}, "
         f"built in {seconds:.1f} s")
     record.cache = {"boundary": cut, "views": views, "on_disk": on_disk, "bytes": nbytes, "feature_rms": cache.rms,
-                    "seconds": seconds}
+                    "seconds": seconds, **({"ray": config.ray} if config.ray else {})}
     bs = config.batch_size
     return suffix, CacheBatches(cache, bs, seed=config.seed), CacheBatches(val_cache, bs, shuffle=False)
 
@@ -313,6 +330,22 @@ def _build_caches(prefix: onnx.ModelProto, datasets: tuple[Dataset, Dataset], ru
                 mem_limit=limit, spill_dir=run.cache_dir, device=config.device, progress=bar.update))))
         limit = max(limit - _in_memory(caches[-1]), 1)
     return caches
+
+
+def _ray_caches(prefix: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFolder, config: TrainConfig,
+                strict: bool, cleanup: contextlib.ExitStack) -> list[ActivationCache]:
+    """The caches of `_build_caches`, computed in one job on the Ray cluster of `--ray` (`ftonnx.train.raycache`),
+    which is connected to (or started, and stopped) around it."""
+    from ftonnx.train.raycache import build_caches
+
+    sets = list(zip(datasets, (config.cache_views, 1)))
+    with cluster.connected(config.ray) as where:
+        log(f"activation cache: computed on Ray, {where}")
+        with Progress(sum(len(d.samples) * n for d, n in sets), "caching activations on Ray") as bar:
+            caches = build_caches(prefix, sets, augment=config.augment, seed=config.seed,
+                                  mem_limit=config.cache_mem or default_mem_limit(), spill_dir=run.cache_dir,
+                                  device=config.device, strict=strict, progress=bar.update)
+    return [cleanup.enter_context(contextlib.closing(cache)) for cache in caches]
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -43,8 +43,8 @@ def inference_session(model: str | os.PathLike | onnx.ModelProto, *, providers: 
                       threads: int | None = None, throughput: bool = False, untrusted: bool = False) -> Any:
     """An InferenceSession for a model file or ModelProto (CPU unless `providers` says otherwise).
 
-    `threads`: that many intra-op threads and one inter-op thread (latency measurements).
-    `throughput`: every core, all graph optimisations, threads that sleep rather than spin between
+    `threads`: that many intra-op threads and one inter-op thread (latency measurements, a Ray actor's cores).
+    `throughput`: every core (or `threads`), all graph optimisations, threads that sleep rather than spin between
     operators, leaving the cores to the decoding threads meanwhile (a bulk forward pass).
     `untrusted`: a model from outside. ONNX Runtime aborts on some malformed graphs, so an ONNX model is
     first checked in Python (`ftonnx.graph.validate.check_structure`) and every one is first opened in a
@@ -61,7 +61,7 @@ def inference_session(model: str | os.PathLike | onnx.ModelProto, *, providers: 
     if threads:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     if throughput:
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 4  # its errors come back as exceptions; its log would print node names raw

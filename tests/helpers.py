@@ -3,7 +3,9 @@ Runtime, invoking the CLI, and training from arrays."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -68,6 +70,37 @@ def write_png16(path: Path, pixels: np.ndarray) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     return path
+
+
+def write_tables(root: Path, data: Path) -> dict[str, Path]:
+    """The images of the folder `data` (train/ and val/) as tables with a split column: paths.csv (paths relative
+    to the table), bytes.parquet and a folder of three Parquet files of bytes (when pyarrow is installed)."""
+    from ftonnx.data import discover
+
+    train, val = discover(str(data))
+    rows = [(path, train.classes[label], split) for split, dataset in (("train", train), ("val", val))
+            for path, label in dataset.samples]
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "paths.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "class", "split"])
+        writer.writerows((os.path.relpath(p, root), c, s) for p, c, s in rows)
+    tables = {"csv": root / "paths.csv"}
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return tables
+
+    def parquet(path: Path, chosen: list[tuple[str, str, str]]) -> None:
+        pq.write_table(pa.table({"image": pa.array([Path(p).read_bytes() for p, _, _ in chosen], pa.binary()),
+                                 "label": [c for _, c, _ in chosen], "split": [s for _, _, s in chosen]}), path)
+
+    parquet(root / "bytes.parquet", rows)
+    (root / "parts").mkdir()
+    for k, start in enumerate(range(0, len(rows), -(-len(rows) // 3))):
+        parquet(root / "parts" / f"part-{k}.parquet", rows[start:start + -(-len(rows) // 3)])
+    return {**tables, "parquet": root / "bytes.parquet", "parts": root / "parts"}
 
 
 def make_folder(root: Path, classes: dict[str, int], seed: int = 0) -> Path:

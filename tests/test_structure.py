@@ -14,6 +14,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "ortshim": set(),
     "folders": {"errors", "files"},
     "isolated": {"errors"},
+    "cluster": {"errors"},
     "metadata": {"errors"},
     "files": {"errors"},
     "progress": {"errors"},
@@ -29,10 +30,10 @@ MAY_IMPORT: dict[str, set[str]] = {
                "train", "export"},
     "zoo": {"errors", "metadata", "graph"},
     "pipeline": {"errors", "metadata", "files", "folders", "progress", "graph", "data", "runtime", "preprocess",
-                 "evaluate", "train", "export", "report"},
+                 "evaluate", "train", "export", "report", "cluster"},
     "demo": {"errors", "metadata", "progress", "graph", "data", "evaluate", "train", "pipeline", "zoo"},
     "cli": {"errors", "metadata", "files", "progress", "graph", "data", "runtime", "preprocess", "evaluate", "train",
-            "export", "report", "pipeline", "demo", "zoo"},
+            "export", "report", "pipeline", "demo", "zoo", "cluster"},
 }
 MAX_FUNCTION_LINES = 50
 

@@ -31,6 +31,22 @@ class Size(click.ParamType):
         return int(float(match[1]) * self._UNITS[match[2].lower()])
 
 
+class RayAddress(click.ParamType):
+    """--ray's value: a cluster's address, or `local` when none is given; the `ray` extra must be installed."""
+
+    name = "ADDRESS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from ftonnx import cluster
+        from ftonnx.errors import FtonnxError
+
+        try:
+            cluster.require()
+            return cluster.check_address(str(value).strip())
+        except FtonnxError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+
+
 class FreezePolicy(click.ParamType):
     """backbone, none, or until:SPEC with a non-empty SPEC (which node SPEC names is checked on the model)."""
 
@@ -177,9 +193,9 @@ def preprocess_flags(opts: dict[str, Any]) -> Any:
 
 # The data and training options `train` and `finetune` share, in the order --help shows them.
 _TRAIN_OPTIONS = [
-    click.option("--data", required=True, type=click.Path(file_okay=False),
+    click.option("--data", type=click.Path(file_okay=False),
                  help="Image folder: train/ and val/ with one folder per class, or one folder per class "
-                      "(with --val or --val-split), or the image root of --list."),
+                      "(with --val or --val-split), or the image root of --list. Or give --table."),
     click.option("--out", "run_dir", required=True, type=click.Path(),
                  help="Run folder: model.onnx, metrics.jsonl, config.json, checkpoints/."),
     click.option("--val", type=click.Path(file_okay=False), help="Validation images, one folder per class."),
@@ -188,7 +204,16 @@ _TRAIN_OPTIONS = [
                  help="List file of 'relative/path label' lines (MNN's layout), paths relative to --data."),
     click.option("--val-list", type=click.Path(dir_okay=False),
                  help="Validation list file, paths relative to --val or --data."),
-    click.option("--labels", type=CommaList(), help="Names of --list's integer labels 0, 1, ... (else: 0..K-1)."),
+    click.option("--labels", type=CommaList(),
+                 help="Names of --list's or --table's integer labels 0, 1, ... (else: 0..K-1)."),
+    click.option("--table",
+                 help="Instead of --data: a Parquet or CSV table (or a folder of them; Parquet also as a URI such as "
+                      "s3://...) with a row per image: its path relative to the table's folder, or (Parquet) its "
+                      "bytes, and its label. Validation: --split-column, --val-table or --val-split."),
+    click.option("--val-table", help="Validation table, with the same columns as --table."),
+    click.option("--image-column", default="image", help="--table's column of image paths or bytes."),
+    click.option("--label-column", default="label", help="--table's column of labels (names or 0..K-1)."),
+    click.option("--split-column", help="--table's column saying train, val (or validation) or test for each row."),
     click.option("--epochs", type=click.IntRange(min=1),
                  help="Passes over the training images [default: 5]. With --resume: make the run one of N "
                       "epochs (a finished run trains on; the schedule is recomputed over N)."),
@@ -221,6 +246,10 @@ _TRAIN_OPTIONS = [
                       "augmented per --augment (light when it is not given)."),
     click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]),
                  help="cuda needs the CUDA build: pip install 'ftonnx[cuda]'."),
+    click.option("--ray", type=RayAddress(), is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                 help="Compute the frozen prefix's activations on a Ray cluster (one ONNX Runtime session per "
+                      "actor, --device in the actors): at ADDRESS (HOST:PORT, ray://HOST:PORT, auto), or without "
+                      "one on a local cluster started for the run. Needs pip install 'ftonnx[ray]'."),
     click.option("--seed", default=0, type=int, help="Seed of data order, augmentation, split and head."),
     click.option("--resume", is_flag=True,
                  help="Continue the run in --out from its last checkpoint, with the options it started with."),
@@ -266,11 +295,16 @@ def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 
     if opts["no_augment"] and opts["augment"] not in (None, "none"):
         raise click.UsageError(f"--no-augment contradicts --augment {opts['augment']}; give one of them")
+    if (opts["data"] is None) == (opts["table"] is None):
+        raise click.UsageError("give the images with --data FOLDER or --table FILE" if opts["data"] is None else
+                               "give --data or --table, not both (a table's image paths are relative to its folder)")
     args = data_args(opts["data"], val=opts["val"], val_split=opts["val_split"], list_file=opts["list_file"],
-                     val_list=opts["val_list"], seed=opts["seed"], strict=opts["strict"], labels=opts["labels"])
+                     val_list=opts["val_list"], seed=opts["seed"], strict=opts["strict"], labels=opts["labels"],
+                     table=opts["table"], val_table=opts["val_table"], image_column=opts["image_column"],
+                     label_column=opts["label_column"], split_column=opts["split_column"])
     names = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "freeze",
              "device", "seed", "resume", "no_cache", "cache_mem", "cache_views", "backbone_lr_mult", "l2sp", "delta",
-             "delta_layers", "label_smoothing", "class_weights", "patience", "monitor")
+             "delta_layers", "label_smoothing", "class_weights", "patience", "monitor", "ray")
     config = TrainConfig(**{name: opts[name] for name in names},
                          augment="none" if opts["no_augment"] else opts["augment"])
     return args, config

@@ -1,5 +1,6 @@
-"""Image classification data sets: find the samples (ImageFolder or MNN list files), check them, split
-off a validation set, and compare a data set's classes with a model's labels.
+"""Image classification data sets: find the samples (ImageFolder, MNN list files, or a table: see
+`ftonnx.data.table`), check them, split off a validation set, and compare a data set's classes with a model's
+labels.
 
 Everything is deterministic: class order (sorted folder names; integer labels numerically) and the
 validation split (seeded, stratified per class).
@@ -8,10 +9,12 @@ validation split (seeded, stratified per class).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from PIL import Image
@@ -22,31 +25,52 @@ from ftonnx.errors import FtonnxError, first_line
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
+class ImageBytes(Protocol):
+    """Encoded images by sample name (a table's image column)."""
+
+    def __getitem__(self, name: str) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Samples as (absolute path, class index), the class names in index order, and what was skipped."""
+    """Samples as (name, class index), the class names in index order, and what was skipped. A sample's name
+    is its absolute path, or, when `images` holds the encoded images (a table of image bytes), its key there."""
 
     samples: list[tuple[str, int]]
     classes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    images: ImageBytes | None = None
+
+    def open(self, name: str) -> str | BinaryIO:
+        """What decoding reads for sample `name`: its file, or its bytes as a file-like object."""
+        return name if self.images is None else io.BytesIO(self.images[name])
 
 
-def discover(data: str, *, val: str | None = None, val_split: float | None = None, list_file: str | None = None,
-             val_list: str | None = None, seed: int = 0, strict: bool = False,
-             labels: list[str] | None = None) -> tuple[Dataset, Dataset | None]:
+def discover(data: str | None = None, *, val: str | None = None, val_split: float | None = None,
+             list_file: str | None = None, val_list: str | None = None, seed: int = 0, strict: bool = False,
+             labels: list[str] | None = None, table: str | None = None, val_table: str | None = None,
+             image_column: str = "image", label_column: str = "label",
+             split_column: str | None = None) -> tuple[Dataset, Dataset | None]:
     """The training set and the validation set (None when there is none) that the arguments describe.
 
     With `list_file`, DATA is the image root of `relative/path label` lines (`val_list` likewise,
     rooted at `val` or DATA); integer labels must number the classes 0..K-1, unless `labels` names
-    the classes (index order), and a path listed twice is used once. Otherwise DATA is one folder per
-    class, or holds train/ and val/; `val` is a separate folder per class; `val_split` holds out that
-    fraction of each class.
-    """
+    the classes (index order), and a path listed twice is used once. With `table`, the rows of a table
+    (`ftonnx.data.table`), and no DATA. Otherwise DATA is one folder per class, or holds train/ and val/;
+    `val` is a separate folder per class; `val_split` holds out that fraction of each class."""
+    if val_split is not None and not 0 < val_split < 1:
+        raise FtonnxError(f"--val-split must lie between 0 and 1, not {val_split}")
+    if table is not None or val_table is not None or split_column is not None:
+        from ftonnx.data.table import TableArgs, discover_table
+
+        _refuse_beside_table(data=data, val=val, list_file=list_file, val_list=val_list)
+        args = TableArgs(table, val_table, image_column, label_column, split_column)
+        return discover_table(args, val_split=val_split, seed=seed, strict=strict, labels=labels)
+    if data is None:
+        raise FtonnxError("no data: pass --data FOLDER (an ImageFolder, or the image root of --list) or --table FILE")
     root = Path(data).expanduser().absolute()
     if not root.is_dir():
         raise FtonnxError(f"{data}: no such folder")
-    if val_split is not None and not 0 < val_split < 1:
-        raise FtonnxError(f"--val-split must lie between 0 and 1, not {val_split}")
     if val_list is not None and list_file is None:
         raise FtonnxError("a validation list needs a training list too: pass --list")
     if labels is not None and list_file is None:
@@ -72,6 +96,15 @@ def discover(data: str, *, val: str | None = None, val_split: float | None = Non
             raise FtonnxError("give either a validation set or --val-split, not both")
         train, val_set = _split(train, val_split, seed)
     return train, val_set
+
+
+def _refuse_beside_table(**given: Any) -> None:
+    """A table names its images itself: the folder and list options do not apply."""
+    wrong = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if wrong:
+        raise FtonnxError(f"{', '.join(wrong).replace('--list-file', '--list')} with --table: a table names its "
+                          "images itself (paths relative to its folder, or bytes); drop "
+                          f"{'them' if len(wrong) > 1 else 'it'}")
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -202,15 +235,17 @@ def _indices(lines: list[Line], classes: list[str], source: str, *, named: bool,
     return result
 
 
-def _probe(path: str) -> str | None:
-    """Why `path` cannot be an image (from its header; cheap), or None when it looks fine. Images of 32-bit
-    pixels are decoded, to tell whether their values can be scaled to 8 bits."""
+def _probe(source: str | BinaryIO) -> str | None:
+    """Why `source` (a file or encoded bytes) cannot be an image (from its header; cheap), or None when it looks
+    fine. Images of 32-bit pixels are decoded, to tell whether their values can be scaled to 8 bits."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             mode = img.mode
             img.verify()
         if mode in RANGED_MODES:
-            with Image.open(path) as img:
+            if not isinstance(source, str):
+                source.seek(0)
+            with Image.open(source) as img:
                 eight_bit(img)
     except FileNotFoundError:
         return "no such file"
@@ -219,10 +254,13 @@ def _probe(path: str) -> str | None:
     return None
 
 
-def _checked(paths: list[str], labels: list[int], classes: list[str], strict: bool) -> Dataset:
-    """A Dataset of the readable images; the others are skipped, or an error when `strict`."""
+def _checked(paths: list[str], labels: list[int], classes: list[str], strict: bool,
+             images: ImageBytes | None = None) -> Dataset:
+    """A Dataset of the readable images (files, or the `images` of these names); the others are skipped, or an
+    error when `strict`."""
+    opened = Dataset([], [], images=images).open
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        reasons = list(pool.map(_probe, paths))
+        reasons = list(pool.map(lambda path: _probe(opened(path)), paths))
     samples, skipped = [], []
     for path, label, reason in zip(paths, labels, reasons):
         if reason is None:
@@ -231,7 +269,7 @@ def _checked(paths: list[str], labels: list[int], classes: list[str], strict: bo
             raise FtonnxError(f"{path}: unreadable image ({reason}); fix or remove it, or drop --strict")
         else:
             skipped.append((path, reason))
-    return Dataset(samples, list(classes), skipped)
+    return Dataset(samples, list(classes), skipped, images)
 
 
 def _require_classes(dataset: Dataset, data: str) -> None:
@@ -253,7 +291,8 @@ def _split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datas
         n_val = min(max(1, round(len(members) * fraction)), len(members) - 1)
         val += [members[i] for i in sorted(order[:n_val])]
         train += [members[i] for i in sorted(order[n_val:])]
-    return (Dataset(train, dataset.classes, dataset.skipped), Dataset(val, dataset.classes, []))
+    return (dataclasses.replace(dataset, samples=train),
+            dataclasses.replace(dataset, samples=val, skipped=[]))
 
 
 def image_files(paths: list[str]) -> list[str]:

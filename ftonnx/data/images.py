@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -27,6 +28,8 @@ AUGMENTATIONS = ("none", "light", "strong")
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 Box = tuple[float, float, float, float]
+# What an image is decoded from: a file, or a binary file-like object holding the encoded image (a table's bytes).
+Source = str | os.PathLike | BinaryIO
 # Modes whose pixels may lie outside what 8 bits can scale to (decoding them tells whether they do).
 RANGED_MODES = ("I", "F")
 
@@ -102,14 +105,14 @@ def check_augment(augment: str) -> None:
         raise FtonnxError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
 
 
-def decode(path: str | os.PathLike, preprocess: Preprocess, *, augment: str = "none",
+def decode(source: Source, preprocess: Preprocess, *, augment: str = "none",
            rng: np.random.Generator | None = None, draft: bool = True) -> Image.Image:
-    """Decode `path` to an RGB (or, for GRAY, L) image of size `preprocess.size`, center-cropped or augmented
-    per `augment`."""
+    """Decode `source` (a file, or a file-like object of encoded bytes: both decode alike) to an RGB (or, for
+    GRAY, L) image of size `preprocess.size`, center-cropped or augmented per `augment`."""
     check_augment(augment)
     th, tw = preprocess.size
     rng = rng if rng is not None or augment == "none" else np.random.default_rng()
-    with Image.open(path) as img:
+    with Image.open(source) as img:
         width, height = img.size
         if augment != "none":
             box = random_box(width, height, rng)
@@ -143,7 +146,8 @@ def to_array(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def load_image(path: str | os.PathLike, preprocess: Preprocess, *, augment: str = "none",
+def load_image(source: Source, preprocess: Preprocess, *, augment: str = "none",
                rng: np.random.Generator | None = None, draft: bool = True) -> np.ndarray:
-    """Decode and preprocess one image: float32 in the model's layout, no batch dimension."""
-    return to_array(decode(path, preprocess, augment=augment, rng=rng, draft=draft), preprocess)
+    """Decode and preprocess one image (a file or a file-like object): float32 in the model's layout, no batch
+    dimension."""
+    return to_array(decode(source, preprocess, augment=augment, rng=rng, draft=draft), preprocess)

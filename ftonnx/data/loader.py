@@ -58,10 +58,11 @@ class Loader:
         rng = np.random.default_rng([self.seed, epoch, index]) if self.augment != "none" else None
         try:
             if self.pixels:
-                out[slot] = np.asarray(decode(path, self.preprocess, augment=self.augment, rng=rng,
-                                              draft=self.draft)).reshape(out.shape[1:])
+                out[slot] = np.asarray(decode(self.dataset.open(path), self.preprocess, augment=self.augment,
+                                              rng=rng, draft=self.draft)).reshape(out.shape[1:])
             else:
-                out[slot] = load_image(path, self.preprocess, augment=self.augment, rng=rng, draft=self.draft)
+                out[slot] = load_image(self.dataset.open(path), self.preprocess, augment=self.augment, rng=rng,
+                                       draft=self.draft)
         except DECODE_ERRORS as exc:
             return first_line(exc)
         return None

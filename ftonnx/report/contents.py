@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ftonnx.data import Dataset, discover
+from ftonnx.data.dataset import ImageBytes
 from ftonnx.errors import FtonnxError
 from ftonnx.evaluate import Predictions, evaluate_with_predictions
 from ftonnx.export.edge import REPORT
@@ -47,7 +48,8 @@ class History:
 class Contents:
     """Everything a report page shows. `result` is `ftonnx.evaluate.evaluate`'s dict for `predictions`;
     `facts` are titled tables of names and values; `history`, `export` (an export folder and its
-    report.json) and `train_counts` (training images per class) belong to a run's report."""
+    report.json) and `train_counts` (training images per class) belong to a run's report. `images` holds the
+    encoded images of a table of bytes, by name (the thumbnails read them there rather than from files)."""
 
     title: str
     subtitle: list[tuple[str, Any]]
@@ -58,6 +60,7 @@ class Contents:
     history: History | None = None
     export: tuple[str, dict[str, Any]] | None = None
     train_counts: list[int] | None = None
+    images: ImageBytes | None = None
 
 
 def schedule_points(config: TrainConfig, metrics: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +130,7 @@ def run_contents(run: RunFolder, export_dir: str | os.PathLike | None) -> Conten
                     subtitle=[("run", run.path.absolute()), ("model", run.model_path.absolute())],
                     labels=train.classes, result=result, predictions=predictions,
                     facts=_run_facts(record, metrics, (train, val), result, seconds), history=history,
-                    export=export, train_counts=counts)
+                    export=export, train_counts=counts, images=val.images)
 
 
 def _run_facts(record: RunRecord, metrics: list[dict[str, Any]], datasets: tuple[Dataset, Dataset],
@@ -162,7 +165,9 @@ def _cache_facts(record: RunRecord) -> Facts:
     return [("used", "yes: the frozen prefix ran once per image"), ("boundary", ", ".join(cache.get("boundary", []))),
             ("views per training image", cache.get("views")), ("size", size(cache.get("bytes"))),
             ("held", "on disk (memory-mapped)" if cache.get("on_disk") else "in memory"),
-            ("built in", duration(cache.get("seconds")))]
+            ("built in", duration(cache.get("seconds"))),
+            *([("computed on", f"Ray ({'a local cluster' if cache['ray'] == 'local' else cache['ray']})")]
+              if cache.get("ray") else [])]
 
 
 def _decoded(dataset: Dataset, result: dict[str, Any]) -> str:
@@ -181,4 +186,4 @@ def eval_contents(model: str | os.PathLike, dataset: Dataset, data: dict[str, An
                        ("skipped when listing", len(dataset.skipped))]),
              ("Timing", [("evaluation", f"{duration(seconds)} ({result['count'] / max(seconds, 1e-9):.1f} images/s)")])]
     return Contents(f"Evaluation: {path.name}", [("model", path), ("data", data.get("data"))], dataset.classes,
-                    result, predictions, facts)
+                    result, predictions, facts, images=dataset.images)

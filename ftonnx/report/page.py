@@ -13,7 +13,7 @@ import datetime
 import io
 import os
 import xml.etree.ElementTree as ET
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -172,7 +172,7 @@ def _mistakes(contents: Contents) -> ET.Element:
     cards = []
     for k in wrong[:MAX_MISTAKES]:
         path, true, guess = predictions.paths[k], int(targets[k]), int(predicted[k])
-        uri, error = thumbnail(path)
+        uri, error = thumbnail(path if contents.images is None else io.BytesIO(contents.images[path]))
         tip = f"{visible(path)}\np(true class) = {probabilities[k, true]:.3f}" + (f"\n{error}" if error else "")
         cards.append(el("figure", el("div", el("img", class_="thumb", src=uri, alt=visible(os.path.basename(path)))),
                         el("figcaption", el("span", "true ", class_="muted"), visible(labels[true]), el("br"),
@@ -186,9 +186,9 @@ def _mistakes(contents: Contents) -> ET.Element:
               body, id="mistakes-section")
 
 
-def thumbnail(path: str) -> tuple[str, str | None]:
-    """A JPEG data URI of the image at most THUMBNAIL pixels on a side; a grey square and the reason when
-    the file can no longer be read."""
+def thumbnail(path: str | BinaryIO) -> tuple[str, str | None]:
+    """A JPEG data URI of the image (a file, or its bytes) at most THUMBNAIL pixels on a side; a grey square
+    and the reason when the file can no longer be read."""
     try:
         with Image.open(path) as image:
             image.draft("RGB", (2 * THUMBNAIL, 2 * THUMBNAIL))

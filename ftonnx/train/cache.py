@@ -146,7 +146,7 @@ class ActivationCache:
         policy = "light" if augment == "none" and views > 1 else augment
         loader = Loader(dataset, preprocess, batch_size=batch_size, augment=policy, seed=seed)
         total = len(dataset.samples) * views
-        writer = _Writer(total, mem_limit if mem_limit is not None else default_mem_limit(), spill_dir)
+        writer = Writer(total, mem_limit if mem_limit is not None else default_mem_limit(), spill_dir)
         try:
             labels = _fill(session, loader, views, writer, progress)
         except BaseException:
@@ -155,7 +155,7 @@ class ActivationCache:
         return cls(writer.arrays(), labels, views, writer.files)
 
 
-def _fill(session: Any, loader: Loader, views: int, writer: "_Writer",
+def _fill(session: Any, loader: Loader, views: int, writer: "Writer",
           progress: Callable[[int], None] | None) -> np.ndarray:
     """Run the prefix over `views` epochs of `loader` into `writer`; the labels of one view."""
     name, _ = image_input(session)
@@ -179,8 +179,12 @@ def _fill(session: Any, loader: Loader, views: int, writer: "_Writer",
     return labels
 
 
-class _Writer:
-    """Appends batches of activations into preallocated arrays, in memory or memory-mapped."""
+class Writer:
+    """Batches of activations into preallocated arrays, in memory while they fit in `mem_limit` bytes and
+    memory-mapped in `spill_dir` beyond: appended in order (`write`), or put at given rows (`put`, the Ray
+    build, which then keeps the rows of the images that decoded: `kept`)."""
+
+    COMPACT_ROWS = 4096  # rows moved at a time by `kept`
 
     def __init__(self, rows: int, mem_limit: int, spill_dir: str | os.PathLike | None) -> None:
         self.rows, self.mem_limit, self.spill_dir = rows, mem_limit, spill_dir
@@ -190,17 +194,40 @@ class _Writer:
 
     def write(self, batch: dict[str, np.ndarray]) -> None:
         if not self.store:
-            self._allocate(batch)
+            self.reserve(batch)
         n = len(next(iter(batch.values())))
         for name, value in batch.items():
             self.store[name][self.filled:self.filled + n] = value
         self.filled += n
 
+    def put(self, rows: np.ndarray, batch: dict[str, np.ndarray]) -> None:
+        """Write `batch` at `rows`."""
+        if not self.store:
+            self.reserve(batch)
+        for name, value in batch.items():
+            self.store[name][rows] = value
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The filled rows (fewer than allocated when some images could not be decoded)."""
         return {name: a[:self.filled] for name, a in self.store.items()}
 
-    def _allocate(self, batch: dict[str, np.ndarray]) -> None:
+    def kept(self, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows `keep` (increasing), moved to the front in place, a chunk at a time (a memory map is never
+        copied whole); what `arrays` returns afterwards."""
+        for a in self.store.values():
+            for start in range(0, len(keep), self.COMPACT_ROWS):
+                chosen = keep[start:start + self.COMPACT_ROWS]
+                a[start:start + len(chosen)] = a[chosen]  # a forward move: keep[j] >= j, no source is overwritten
+        self.filled = len(keep)
+        return self.arrays()
+
+    @property
+    def in_memory(self) -> int:
+        """Bytes allocated in memory (not memory-mapped)."""
+        return sum(a.nbytes for a in self.store.values() if not isinstance(a, np.memmap))
+
+    def reserve(self, batch: dict[str, np.ndarray]) -> None:
+        """Allocate every row for tensors shaped like `batch`'s, in memory in output order while they fit."""
         sizes = {name: self.rows * v[0].nbytes for name, v in batch.items()}
         budget = self.mem_limit
         spilled = []

@@ -64,6 +64,7 @@ class TrainConfig:
     class_weights: str | list[float] | None = None  # "auto" (inverse class frequency) or one per class
     patience: int = 0
     monitor: str = "val_loss"
+    ray: str | None = None  # compute the cache on Ray: a cluster's address, or "local" (ftonnx.cluster)
 
     def validate(self) -> None:
         """Raise FtonnxError on an option out of range, before any work."""
@@ -96,6 +97,9 @@ class TrainConfig:
              "--cache-views caches augmented views, which --no-cache turns off; drop one of them"),
             (not (self.cache_views > 1 and self.augment == "none"),
              "--cache-views caches augmented views, which --no-augment (--augment none) turns off; drop one of them"),
+            (self.ray is None or bool(self.ray.strip()), "--ray: give a cluster's address, or nothing for a local one"),
+            (not (self.ray and self.no_cache), "--ray computes the activation cache, which --no-cache turns off; "
+                                               "drop one of them"),
         ]
 
     def _strategy_checks(self) -> list[tuple[bool, str]]:

@@ -73,8 +73,9 @@ def _record_problem(raw: Any) -> str | None:
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             return f"{option.name} is {json.dumps(value)}"
     unknown = sorted(set(raw["data_args"]) - set(inspect.signature(discover).parameters))
-    if unknown or not isinstance(raw["data_args"].get("data"), str):
-        return f"data_args do not fit ftonnx.data.discover ({', '.join(unknown) or 'no data folder'})"
+    given = [raw["data_args"].get(key) for key in ("data", "table")]
+    if unknown or not any(isinstance(value, str) for value in given):
+        return f"data_args do not fit ftonnx.data.discover ({', '.join(unknown) or 'no data folder or table'})"
     return None
 
 
