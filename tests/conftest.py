@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from helpers import HYMENOPTERA, build_tiny_model, require_torch
+from helpers import HYMENOPTERA, build_tiny_model, require_torch, write_colours
 
 
 @pytest.fixture
@@ -20,6 +20,21 @@ def tiny_model_path(tmp_path: Path, tiny_model: onnx.ModelProto) -> Path:
     path = tmp_path / "tiny.onnx"
     onnx.save(tiny_model, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model saved once per session (tests that train on it write elsewhere)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(build_tiny_model(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def colours(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`write_colours` once per module, with (train, val) images per class from its COLOUR_IMAGES."""
+    train, val = getattr(request.module, "COLOUR_IMAGES", (12, 6))
+    return write_colours(tmp_path_factory.mktemp("colours"), train=train, val=val)
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,39 @@ def cli(*args: object) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+TINY_NODE = "/pool/GlobalAveragePool"  # the tiny model's pooling, where its backbone ends
+
+
+def finetune_tiny(model: Path, data: Path, out: Path, *options: object) -> tuple[int, str, str]:
+    """`ftonnx finetune MODEL --node TINY_NODE --data DATA --out OUT OPTIONS...`, in-process."""
+    return cli("finetune", model, "--node", TINY_NODE, "--data", data, "--out", out, *options)
+
+
+def fails_cleanly(args: list, folder: Path) -> str:
+    """Run the CLI on `args`: exit code 2, one line on stderr, nothing added to or removed from `folder`;
+    returns that line."""
+    before = sorted(p.name for p in folder.iterdir())
+    code, stdout, stderr = cli(*args)
+    lines = stderr.splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("ftonnx: error: "), (code, stderr, stdout)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    return lines[0]
+
+
+def interrupt_cached_training(monkeypatch, epoch: int) -> None:
+    """Make training on cached activations stop with Ctrl-C (KeyboardInterrupt) as epoch `epoch` begins."""
+    from ftonnx.train.cache import ActivationCache
+
+    batches = ActivationCache.batches
+
+    def interrupting(self, at: int, *args, **kwargs):
+        if at == epoch:
+            raise KeyboardInterrupt
+        return batches(self, at, *args, **kwargs)
+
+    monkeypatch.setattr(ActivationCache, "batches", interrupting)
+
+
 class ArrayBatches:
     """A training batch source over arrays: batches of `batch_size` in a fixed order each epoch."""
 

@@ -13,14 +13,11 @@ import onnx
 import pytest
 
 import exporters
-from helpers import cli, write_colours
+from helpers import cli
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_colours(tmp_path_factory.mktemp("colours"), train=10, val=4)
+COLOUR_IMAGES = (10, 4)  # per class, train and val (the `colours` fixture)
 
 
 @pytest.fixture(scope="module")

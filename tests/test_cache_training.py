@@ -10,10 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 
 from ftonnx import metadata, pipeline
-from ftonnx.cli import main
 from ftonnx.data import Loader, discover
 from ftonnx.evaluate import evaluate
 from ftonnx.export.inference import with_weights
@@ -24,15 +22,12 @@ from ftonnx.graph.split import split
 from ftonnx.train.cache import ActivationCache, plan
 from ftonnx.train.loop import best_weights
 
-from helpers import COLOURS, build_tiny_model, skip_model, write_colours
+from helpers import COLOURS, build_tiny_model, cli, interrupt_cached_training, skip_model
 
 NODE = "/pool/GlobalAveragePool"
 HEAD = ["head.fc.weight", "head.fc.bias"]
 
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_colours(tmp_path_factory.mktemp("colours"), train=12, val=6)
+COLOUR_IMAGES = (12, 6)  # per class, train and val (the `colours` fixture)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +41,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def finetune(model: Path, data: Path, out: Path, *extra: object, node: str = NODE) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in (
-        "finetune", model, "--node", node, "--data", data, "--out", out, "--batch-size", 8, "--lr", 0.1,
-        "--epochs", 5, *extra)])
-    return result.exit_code, result.stdout, result.stderr
+    return cli("finetune", model, "--node", node, "--data", data, "--out", out, "--batch-size", 8, "--lr", 0.1,
+               "--epochs", 5, *extra)
 
 
 def config(run: Path) -> dict:
@@ -182,14 +175,7 @@ def test_an_interrupted_cached_run_resumes_to_the_uninterrupted_model(cached_run
                                                                       monkeypatch):
     reference, _ = cached_run
     run = tmp_path / "interrupted"
-    batches = ActivationCache.batches
-
-    def interrupting(self, epoch, *args, **kwargs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return batches(self, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(ActivationCache, "batches", interrupting)
+    interrupt_cached_training(monkeypatch, 1)
     assert finetune(models["tiny"], colours, run)[0] == 130
     assert json.loads((run / "checkpoints" / "last.json").read_text())["epoch"] == 1
     monkeypatch.undo()

@@ -28,7 +28,7 @@ from ftonnx.export.quantize import Quantizer, quantize_int8
 from ftonnx.graph.pixels import pixel_input
 from ftonnx.graph.static import fix_shapes
 
-from helpers import LABELS, build_tiny_model, make_run, run_model, write_lists
+from helpers import LABELS, build_tiny_model, fails_cleanly, make_run, run_model, write_lists
 
 
 def _tiny_classifier(outlier: float = 1.0) -> onnx.ModelProto:
@@ -289,12 +289,7 @@ def _cli_case(run: Path, tmp_path: Path, case: str) -> list[str]:
                                   "keep-float empty name", "keep-float unknown node", "pixels on a pixel model"])
 def test_bad_values_exit_2_with_one_line_and_write_nothing(tiny_run: Path, tmp_path: Path, case: str) -> None:
     args = _cli_case(tiny_run, tmp_path, case)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ftonnx: error: "), result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    fails_cleanly(args, tmp_path)
 
 
 def test_on_device_exports_both_forms_and_the_cost_of_a_step_each_way(tiny_run: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from ftonnx.evaluate import evaluate
 from ftonnx.export.edge import export_run
 from ftonnx.export.inference import add_probabilities
 
-from helpers import LABELS, build_tiny_model, make_run, run_model, write_lists
+from helpers import LABELS, build_tiny_model, fails_cleanly, make_run, run_model, write_lists
 
 VARIANTS = ["float", "int8", "fp16", "float.ort", "int8.ort", "fp16.ort"]
 
@@ -137,12 +137,7 @@ def _break(run: Path, tmp_path: Path, case: str) -> list[str]:
                                   "unknown data_args", "data gone", "output is a file", "output parent missing"])
 def test_bad_input_exits_2_and_writes_nothing(tiny_run: Path, tmp_path: Path, case: str) -> None:
     args = _break(tiny_run, tmp_path, case)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ftonnx: error: "), result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    fails_cleanly(args, tmp_path)
 
 
 def test_calib_below_one_is_a_usage_error(tiny_run: Path, tmp_path: Path) -> None:

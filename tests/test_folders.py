@@ -15,30 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-import onnx
 import pytest
 
-from helpers import build_tiny_model, cli, write_colours
+from helpers import cli, finetune_tiny
 
 NODE = "/pool/GlobalAveragePool"
 
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_colours(tmp_path_factory.mktemp("colours"), train=6, val=3)
+COLOUR_IMAGES = (6, 3)  # per class, train and val (the `colours` fixture)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    onnx.save(build_tiny_model(), str(path))
-    return path
-
-
-def finetune(tiny: Path, data: Path, out: Path, *extra: object) -> tuple[int, str, str]:
+def finetune(tiny_path: Path, data: Path, out: Path, *extra: object) -> tuple[int, str, str]:
     """A one-epoch finetune (a resume keeps the run's own epochs: `--resume --epochs N` would extend it)."""
     epochs = () if "--resume" in extra else ("--epochs", 1)
-    return cli("finetune", tiny, "--node", NODE, "--data", data, "--out", out, "--batch-size", 6, *epochs, *extra)
+    return finetune_tiny(tiny_path, data, out, "--batch-size", 6, *epochs, *extra)
 
 
 def one_line(code: int, stderr: str, *parts: str) -> str:
@@ -55,14 +44,14 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 @pytest.fixture
-def trained(tiny: Path, colours: Path, tmp_path: Path) -> Path:
+def trained(tiny_path: Path, colours: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
-    code, _, stderr = finetune(tiny, colours, run, "--epochs", 2)
+    code, _, stderr = finetune(tiny_path, colours, run, "--epochs", 2)
     assert code == 0, stderr
     return run
 
 
-def test_a_folder_of_another_tool_is_refused_and_left_as_it_was(tiny: Path, colours: Path, tmp_path: Path) -> None:
+def test_a_folder_of_another_tool_is_refused_and_left_as_it_was(tiny_path: Path, colours: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     for name, data in {"artifacts/training_model.onnx": b"theirs", "model.onnx": b"their model",
                        "checkpoints/epoch-0001.ckpt": b"their checkpoint", "config.json": b"{}"}.items():
@@ -70,7 +59,7 @@ def test_a_folder_of_another_tool_is_refused_and_left_as_it_was(tiny: Path, colo
         (other / name).write_bytes(data)
     before = snapshot(other)
     for extra in ((), ("--resume",)):
-        one_line(*finetune(tiny, colours, other, *extra)[::2], "holds files ftonnx did not write")
+        one_line(*finetune(tiny_path, colours, other, *extra)[::2], "holds files ftonnx did not write")
     assert snapshot(other) == before
     exported = tmp_path / "edge"
     (exported / "notes").mkdir(parents=True)
@@ -78,26 +67,26 @@ def test_a_folder_of_another_tool_is_refused_and_left_as_it_was(tiny: Path, colo
     assert (exported / "notes").is_dir()
 
 
-def test_an_empty_folder_is_adopted_and_a_failed_start_leaves_it_empty(tiny: Path, colours: Path,
+def test_an_empty_folder_is_adopted_and_a_failed_start_leaves_it_empty(tiny_path: Path, colours: Path,
                                                                       tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    one_line(*finetune(tiny, colours, empty, "--node", "nosuchnode")[::2], "no node or tensor matches")
+    one_line(*finetune(tiny_path, colours, empty, "--node", "nosuchnode")[::2], "no node or tensor matches")
     assert empty.is_dir() and not any(empty.iterdir())
-    code, _, stderr = finetune(tiny, colours, empty)
+    code, _, stderr = finetune(tiny_path, colours, empty)
     assert code == 0, stderr
     marker = json.loads((empty / ".ftonnx-run").read_text())
     assert {"created", "version"} <= set(marker) and (empty / "model.onnx").is_file()
 
 
-def test_links_in_a_run_folder_are_refused_and_never_followed(trained: Path, tiny: Path, colours: Path,
+def test_links_in_a_run_folder_are_refused_and_never_followed(trained: Path, tiny_path: Path, colours: Path,
                                                               tmp_path: Path) -> None:
     victim = tmp_path / "elsewhere"
     victim.mkdir()
     (victim / "precious.ckpt").write_bytes(b"keep me")
     shutil.rmtree(trained / "checkpoints")
     (trained / "checkpoints").symlink_to(victim, target_is_directory=True)
-    one_line(*finetune(tiny, colours, trained, "--resume")[::2], "checkpoints: is a symbolic link")
+    one_line(*finetune(tiny_path, colours, trained, "--resume")[::2], "checkpoints: is a symbolic link")
     assert (victim / "precious.ckpt").read_bytes() == b"keep me"
 
 
@@ -111,26 +100,26 @@ def hold(run: Path) -> subprocess.Popen:
 
 
 def test_a_second_training_fails_at_once_naming_the_holder_and_a_killed_holder_is_taken_over(
-        tiny: Path, colours: Path, tmp_path: Path) -> None:
+        tiny_path: Path, colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     holder = hold(run)
     try:
         start = time.monotonic()
-        one_line(*finetune(tiny, colours, run)[::2], f"is in use by another ftonnx process (pid {holder.pid})")
+        one_line(*finetune(tiny_path, colours, run)[::2], f"is in use by another ftonnx process (pid {holder.pid})")
         assert time.monotonic() - start < 30
         assert not (run / "metrics.jsonl").exists()
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    code, _, stderr = finetune(tiny, colours, run)
+    code, _, stderr = finetune(tiny_path, colours, run)
     assert code == 0, stderr
     assert f"taking over from pid {holder.pid}, which ended without releasing it" in stderr
     assert (run / ".lock").read_text() == ""  # released: no pid left behind
 
 
-def test_two_trainings_started_together_never_share_a_folder(tiny: Path, colours: Path, tmp_path: Path) -> None:
+def test_two_trainings_started_together_never_share_a_folder(tiny_path: Path, colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [sys.executable, "-c", "from ftonnx.cli import main; main()", "finetune", str(tiny), "--node", NODE,
+    args = [sys.executable, "-c", "from ftonnx.cli import main; main()", "finetune", str(tiny_path), "--node", NODE,
             "--data", str(colours), "--out", str(run), "--batch-size", "6", "--epochs", "3"]
     procs = [subprocess.Popen(args, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
@@ -141,10 +130,10 @@ def test_two_trainings_started_together_never_share_a_folder(tiny: Path, colours
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-def test_out_and_data_must_not_nest(tiny: Path, colours: Path, tmp_path: Path, trained: Path) -> None:
-    one_line(*finetune(tiny, colours, colours / "run")[::2], "lies inside the data folder")
+def test_out_and_data_must_not_nest(tiny_path: Path, colours: Path, tmp_path: Path, trained: Path) -> None:
+    one_line(*finetune(tiny_path, colours, colours / "run")[::2], "lies inside the data folder")
     assert not (colours / "run").exists()
-    one_line(*finetune(tiny, colours, colours.parent)[::2], "holds the data folder")
+    one_line(*finetune(tiny_path, colours, colours.parent)[::2], "holds the data folder")
     one_line(*cli("export", trained, "-o", colours / "train" / "edge")[::2], "lies inside the data folder")
     assert not (colours / "train" / "edge").exists()
 
@@ -164,7 +153,7 @@ def test_an_export_replaces_the_earlier_one_whole(trained: Path, tmp_path: Path)
     assert (edge / "my-notes.txt").read_text() == "mine" and (edge / "model.onnx").is_file()
 
 
-def test_leftovers_of_killed_runs_and_exports_go_and_only_those(trained: Path, tiny: Path, colours: Path,
+def test_leftovers_of_killed_runs_and_exports_go_and_only_those(trained: Path, tiny_path: Path, colours: Path,
                                                                 tmp_path: Path) -> None:
     planted = [trained / ".ftonnx-tmp-artifacts.k1ll3d00" / "training_model.onnx",
                trained / ".ftonnx-tmp-model.onnx.k1ll3d00" / "model.onnx",
@@ -174,16 +163,16 @@ def test_leftovers_of_killed_runs_and_exports_go_and_only_those(trained: Path, t
     for path in planted + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 1000)
-    code, _, stderr = finetune(tiny, colours, trained, "--resume")
+    code, _, stderr = finetune(tiny_path, colours, trained, "--resume")
     assert code == 0, stderr
     assert cli("export", trained, "-o", tmp_path / "edge")[0] == 0
     assert [p for p in planted if p.exists()] == [] and all(p.exists() for p in kept)
     assert not (trained / ".ftonnx-tmp-artifacts.k1ll3d00").exists()
 
 
-def test_a_killed_runs_spill_files_go_when_the_next_run_starts(tiny: Path, colours: Path, tmp_path: Path) -> None:
+def test_a_killed_runs_spill_files_go_when_the_next_run_starts(tiny_path: Path, colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [sys.executable, "-c", "from ftonnx.cli import main; main()", "finetune", str(tiny), "--node", NODE,
+    args = [sys.executable, "-c", "from ftonnx.cli import main; main()", "finetune", str(tiny_path), "--node", NODE,
             "--data", str(colours), "--out", str(run), "--batch-size", "6", "--epochs", "300", "--cache-mem", "1"]
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -221,12 +210,12 @@ def read_only(tmp_path: Path):
     subprocess.run(["umount", str(folder)], check=False)
 
 
-def test_a_read_only_out_is_one_line_before_any_decoding(tiny: Path, colours: Path, tmp_path: Path,
+def test_a_read_only_out_is_one_line_before_any_decoding(tiny_path: Path, colours: Path, tmp_path: Path,
                                                          read_only: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(colours, data)
     (data / "train" / "red" / "broken.png").write_bytes(b"not an image")  # --strict would fail on it when decoding
-    one_line(*finetune(tiny, data, read_only / "run", "--strict")[::2], "cannot write there")
+    one_line(*finetune(tiny_path, data, read_only / "run", "--strict")[::2], "cannot write there")
 
 
 def limited(limit: int) -> callable:
@@ -238,10 +227,10 @@ def limited(limit: int) -> callable:
     return apply
 
 
-def test_a_full_disk_during_a_save_is_one_line_and_nothing_half_written(tiny: Path, colours: Path,
+def test_a_full_disk_during_a_save_is_one_line_and_nothing_half_written(tiny_path: Path, colours: Path,
                                                                        tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [sys.executable, "-c", "from ftonnx.cli import main; main()", "finetune", str(tiny), "--node", NODE,
+    args = [sys.executable, "-c", "from ftonnx.cli import main; main()", "finetune", str(tiny_path), "--node", NODE,
             "--data", str(colours), "--out", str(run), "--batch-size", "6", "--epochs", "1", "--freeze", "none"]
     proc = subprocess.run(args, capture_output=True, text=True, preexec_fn=limited(12_000), timeout=300)
     line = one_line(proc.returncode, proc.stderr.strip().splitlines()[-1] if proc.stderr else "", "needs about")
@@ -259,7 +248,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_nothing_half_written(tiny: Pa
     ("torn metrics line", "resuming"),
 ])
 def test_resume_of_a_damaged_run_continues_from_what_is_intact_or_says_what_is_damaged(
-        trained: Path, tiny: Path, colours: Path, damage: str, outcome: str) -> None:
+        trained: Path, tiny_path: Path, colours: Path, damage: str, outcome: str) -> None:
     checkpoints = trained / "checkpoints"
     last = json.loads((checkpoints / "last.json").read_text())
     shutil.copyfile(checkpoints / last["checkpoint"], checkpoints / "epoch-0001.ckpt")  # an earlier best
@@ -277,7 +266,7 @@ def test_resume_of_a_damaged_run_continues_from_what_is_intact_or_says_what_is_d
     else:
         with open(trained / "metrics.jsonl", "a") as metrics:
             metrics.write('{"epoch": 3, "train_lo')
-    code, _, stderr = finetune(tiny, colours, trained, "--resume")
+    code, _, stderr = finetune(tiny_path, colours, trained, "--resume")
     if code == 2:
         one_line(code, stderr, outcome)
         return

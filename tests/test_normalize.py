@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ftonnx.errors import FtonnxError
 from ftonnx.graph import load, load_reporting
-from ftonnx.graph.normalize import normalize, onnx_opset
+from ftonnx.graph.index import onnx_opset
+from ftonnx.graph.normalize import normalize
 
 import exporters
 from helpers import run_model

@@ -133,3 +133,23 @@ def test_probe_passes_once_the_pool_is_rewritten_and_reports_plain_failures(tmp_
     check_training_step(art, {"input": x}, np.zeros(2, np.int64))
     with pytest.raises(FtonnxError, match="training step failed: Invalid rank for input"):
         check_training_step(art, {"input": x[..., None]}, np.zeros(2, np.int64))
+
+
+def test_zero_pad_before_a_conv_is_folded_into_its_pads():
+    """TF-style "same" padding (Pad then Conv, EfficientNet-Lite's exports): one op less, the same values."""
+    weight = numpy_helper.from_array(np.random.default_rng(3).standard_normal((5, 4, 3, 3)).astype(np.float32), "w")
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 1, 1], np.int64), "pads")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads", "zero"], ["padded"], name="pad", mode="constant"),
+         helper.make_node("Conv", ["padded", "w"], ["y"], name="conv", strides=[2, 2], pads=[1, 0, 0, 1])],
+        "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 11, 13])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, pads, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    trainable = make_trainable(model)
+    assert _ops(trainable.model) == {"Conv"} and trainable.changes == [
+        "rewrote 1 Conv as the same Conv with the zero Pad before it in its own pads"]
+    conv = trainable.model.graph.node[0]
+    assert list(next(a for a in conv.attribute if a.name == "pads").ints) == [1, 1, 1, 2]
+    x = np.random.default_rng(4).standard_normal((2, 4, 11, 13)).astype(np.float32)
+    np.testing.assert_allclose(run_model(trainable.model, x)[0], run_model(model, x)[0], rtol=0, atol=1e-5)

@@ -7,20 +7,15 @@ import json
 import shutil
 from pathlib import Path
 
-import onnx
 import pytest
 
-from ftonnx.train.cache import ActivationCache
 from ftonnx.train.schedule import learning_rate
 
-from helpers import build_tiny_model, cli, write_colours
+from helpers import finetune_tiny, interrupt_cached_training
 
 STEPS = 3  # 24 training images in batches of 8
 
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_colours(tmp_path_factory.mktemp("colours"), train=8, val=4)
+COLOUR_IMAGES = (8, 4)  # per class, train and val (the `colours` fixture)
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +30,8 @@ def swapped(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    onnx.save(build_tiny_model(), str(path))
-    return path
-
-
 def finetune(tiny: Path, data: Path, out: Path, *extra: object) -> tuple[int, str, str]:
-    return cli("finetune", tiny, "--node", "/pool/GlobalAveragePool", "--data", data, "--out", out,
-               "--batch-size", 8, "--lr", 0.05, *extra)
+    return finetune_tiny(tiny, data, out, "--batch-size", 8, "--lr", 0.05, *extra)
 
 
 def lines(run: Path) -> list[dict]:
@@ -82,14 +69,7 @@ def test_resume_with_more_epochs_extends_a_finished_run_on_the_longer_schedule(t
 
 def test_resume_with_fewer_epochs_ends_an_unfinished_run_there(tiny_path, colours, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    batches = ActivationCache.batches
-
-    def interrupting(self, epoch, *args, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return batches(self, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(ActivationCache, "batches", interrupting)
+    interrupt_cached_training(monkeypatch, 2)
     assert finetune(tiny_path, colours, run, "--epochs", 6)[0] == 130
     monkeypatch.undo()
     assert sidecar(run, "last")["epoch"] == 2

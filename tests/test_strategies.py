@@ -20,10 +20,18 @@ from ftonnx.graph.reparam import reparametrise
 from ftonnx.train.config import TrainConfig
 from ftonnx.train.delta import channel_attention, delta_layers
 
-from helpers import ArrayBatches, build_tiny_model, cli, run_model, train_and_export, write_colours
+from helpers import (
+    ArrayBatches,
+    build_tiny_model,
+    finetune_tiny,
+    run_model,
+    train_and_export,
+)
 
 BACKBONE = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
 HEAD = ["head.fc.weight", "head.fc.bias"]
+
+COLOUR_IMAGES = (8, 4)  # per class, train and val (the `colours` fixture)
 
 
 def headed_tiny() -> onnx.ModelProto:
@@ -151,21 +159,8 @@ def test_channel_attention_gives_a_dead_channel_the_least_weight():
         delta_layers(model, ["/relu1/Relu"], ["conv2.weight"])
 
 
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_colours(tmp_path_factory.mktemp("colours"), train=8, val=4)
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    onnx.save(build_tiny_model(), str(path))
-    return path
-
-
 def finetune(tiny: Path, data: Path, out: Path, *extra: object) -> tuple[int, str, str]:
-    return cli("finetune", tiny, "--node", "/pool/GlobalAveragePool", "--data", data, "--out", out,
-               "--batch-size", 8, "--lr", 0.02, "--epochs", 2, *extra)
+    return finetune_tiny(tiny, data, out, "--batch-size", 8, "--lr", 0.02, "--epochs", 2, *extra)
 
 
 EVERYTHING = ("--backbone-lr-mult", 0.1, "--l2sp", 0.01, "--label-smoothing", 0.1, "--class-weights", "auto",

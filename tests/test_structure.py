@@ -70,30 +70,31 @@ def test_no_import_runs_back_up() -> None:
     assert not wrong, wrong
 
 
+def _syntax() -> list[tuple[str, ast.AST]]:
+    """Every syntax node of the package, with "file:line" where it stands."""
+    return [(f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}", node)
+            for _, path in _sources() for node in ast.walk(ast.parse(path.read_text()))]
+
+
 def test_functions_are_short() -> None:
-    long = []
-    for _, path in _sources():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    long = [f"{where} {node.name} ({node.end_lineno - node.lineno + 1} lines)" for where, node in _syntax()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, long
 
 
 def test_no_pickle_eval_or_shell() -> None:
     """Nothing a model, a data set or a run folder holds is ever unpickled, evaluated as code or run by a shell."""
     found = []
-    for _, path in _sources():
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
-            module = node.module if isinstance(node, ast.ImportFrom) else ""
-            if {"pickle", "marshal", "shelve", "dill"} & {*names, module or ""}:
-                found.append(f"{path.relative_to(REPO)}:{node.lineno} imports {names or module}")
-            if isinstance(node, ast.Call):
-                name = getattr(node.func, "id", None) or getattr(node.func, "attr", "")
-                if (isinstance(node.func, ast.Name) and name in ("eval", "exec")) or name in ("system", "popen") or \
-                        any(k.arg in ("shell", "allow_pickle") and getattr(k.value, "value", None) is True
-                            for k in node.keywords):
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno} calls {name}")
+    for where, node in _syntax():
+        names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+        module = node.module if isinstance(node, ast.ImportFrom) else ""
+        if {"pickle", "marshal", "shelve", "dill"} & {*names, module or ""}:
+            found.append(f"{where} imports {names or module}")
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", "")
+            if (isinstance(node.func, ast.Name) and name in ("eval", "exec")) or name in ("system", "popen") or \
+                    any(k.arg in ("shell", "allow_pickle") and getattr(k.value, "value", None) is True
+                        for k in node.keywords):
+                found.append(f"{where} calls {name}")
     assert not found, found

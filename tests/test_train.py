@@ -18,19 +18,9 @@ from ftonnx.evaluate import evaluate
 from ftonnx.train.config import TrainConfig
 from ftonnx.train.schedule import learning_rate
 
-from helpers import COLOURS, build_tiny_model, write_colours
+from helpers import COLOURS, finetune_tiny
 
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_colours(tmp_path_factory.mktemp("colours"), train=18, val=9)
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    onnx.save(build_tiny_model(), str(path))
-    return path
+COLOUR_IMAGES = (18, 9)  # per class, train and val (the `colours` fixture)
 
 
 def run(*args: object) -> tuple[int, str, str]:
@@ -39,8 +29,7 @@ def run(*args: object) -> tuple[int, str, str]:
 
 
 def finetune(tiny: Path, data: Path, out: Path, *extra: object) -> tuple[int, str, str]:
-    return run("finetune", tiny, "--node", "/pool/GlobalAveragePool", "--data", data, "--out", out,
-               "--batch-size", 8, "--lr", 0.02, *extra)
+    return finetune_tiny(tiny, data, out, "--batch-size", 8, "--lr", 0.02, *extra)
 
 
 def test_warmup_is_linear_then_cosine_decays_to_near_zero() -> None:

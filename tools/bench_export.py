@@ -167,40 +167,25 @@ def pixel_logit_diff(out: Path, val) -> float:
     return worst
 
 
-def device_module(folder: Path):
-    """ONNX Runtime's training API over one artifacts folder, as an app holds it."""
-    import onnxruntime
-    from onnxruntime.training.api import CheckpointState, Module, Optimizer
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    state = CheckpointState.load_checkpoint(str(folder / "checkpoint"))
-    module = Module(str(folder / "training_model.onnx"), state, str(folder / "eval_model.onnx"), device="cpu",
-                    session_options=options)
-    return module, Optimizer(str(folder / "optimizer_model.onnx"), module)
-
-
 def train_on_device(folder: Path, x: dict, y: np.ndarray, val_x: dict, val_y: np.ndarray, epochs: int,
                     batch: int = 32) -> tuple[float, float]:
-    """(median step ms, val top-1) after `epochs` epochs of steps over (x, y) in a seeded order."""
-    module, optimizer = device_module(folder)
-    optimizer.set_learning_rate(1e-3)
-    names = [n for n in module.input_names() if n != "labels"]
+    """(median step ms, val top-1) after `epochs` epochs of steps over (x, y) in a seeded order, through
+    ftonnx's wrapper of ONNX Runtime's training API (the calls an app's loop makes: step, then evaluate)."""
+    from ftonnx.train.artifacts import Artifacts
+    from ftonnx.train.session import TrainingSession
+
+    artifacts = Artifacts(folder)
+    session = TrainingSession(artifacts, artifacts.checkpoint)
     times = []
     for epoch in range(epochs):
-        module.train()
         order = np.random.default_rng(epoch).permutation(len(y))
         for s in range(0, len(y), batch):
             pick = order[s:s + batch]
             start = time.perf_counter()
-            module(*[x[n][pick] for n in names], y[pick])
-            optimizer.step()
-            module.lazy_reset_grad()
+            session.step({n: v[pick] for n, v in x.items()}, y[pick], 1e-3, np.random.default_rng(epoch))
             times.append(1000 * (time.perf_counter() - start))
-    module.eval()
-    logits = np.concatenate([module(*[val_x[n][s:s + batch] for n in names], val_y[s:s + batch])[1]
-                             for s in range(0, len(val_y), batch)])
-    return statistics.median(times), float((logits.argmax(axis=1) == val_y).mean())
+    val = (({n: v[s:s + batch] for n, v in val_x.items()}, val_y[s:s + batch]) for s in range(0, len(val_y), batch))
+    return statistics.median(times), session.evaluate(val, "validation")[1]
 
 
 def arrays(dataset, preprocess) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ftonnx.graph.index import GraphIndex, attributes, clone, is_onnx_op
-from ftonnx.graph.normalize import onnx_opset
+from ftonnx.graph.index import GraphIndex, attributes, clone, is_onnx_op, onnx_opset
 from ftonnx.runtime import inference_session
 
 

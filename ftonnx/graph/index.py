@@ -45,6 +45,14 @@ def is_onnx_op(node: onnx.NodeProto, *op_types: str) -> bool:
     return node.domain in DEFAULT_DOMAINS and (not op_types or node.op_type in op_types)
 
 
+def onnx_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset version the model imports."""
+    for op in model.opset_import:
+        if op.domain in DEFAULT_DOMAINS:
+            return op.version
+    raise FtonnxError("model imports no default-domain (ai.onnx) opset")
+
+
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:
     """The node's attributes as Python values."""
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -15,28 +15,12 @@ from onnx.reference import ReferenceEvaluator
 from ftonnx import isolated
 from ftonnx.errors import FtonnxError, first_line
 from ftonnx.graph.batch import dynamic_batch, fixed_batch_input
-from ftonnx.graph.index import (
-    DEFAULT_DOMAINS,
-    GraphIndex,
-    assign,
-    attributes,
-    clone,
-    drop_unused_initializers,
-    is_onnx_op,
-)
+from ftonnx.graph.index import GraphIndex, assign, attributes, clone, drop_unused_initializers, is_onnx_op, onnx_opset
 from ftonnx.graph.validate import check_inference, check_structure, check_untrusted
 
 TRAINING_MIN_OPSET = 12
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                  "Multinomial", "Bernoulli", "Dropout", "If", "Loop", "Scan"}
-
-
-def onnx_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset version the model imports."""
-    for op in model.opset_import:
-        if op.domain in DEFAULT_DOMAINS:
-            return op.version
-    raise FtonnxError("model imports no default-domain (ai.onnx) opset")
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:

@@ -26,8 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ftonnx.errors import FtonnxError
-from ftonnx.graph.index import GraphIndex, assign, clone
-from ftonnx.graph.normalize import onnx_opset
+from ftonnx.graph.index import GraphIndex, assign, clone, onnx_opset
 from ftonnx.graph.reparam import Reparametrised
 
 LOSS = "loss"

@@ -29,15 +29,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ftonnx.errors import FtonnxError
-from ftonnx.graph.index import (
-    GraphIndex,
-    assign,
-    attributes,
-    clone,
-    drop_unused_initializers,
-    is_onnx_op,
-)
-from ftonnx.graph.normalize import TRAINING_MIN_OPSET, onnx_opset
+from ftonnx.graph.index import GraphIndex, assign, attributes, clone, drop_unused_initializers, is_onnx_op, onnx_opset
+from ftonnx.graph.normalize import TRAINING_MIN_OPSET
 
 
 @dataclass
@@ -237,9 +230,45 @@ def _rewrite_pool(p: _Pass, node: onnx.NodeProto) -> list[onnx.NodeProto] | None
     return [*nodes, total, inv, g.node("Mul", [total.output[0], inv.output[0]], base, "mean", output=node.output[0])]
 
 
+def _zero_pad(g: GraphIndex, pad: onnx.NodeProto | None, rank: int) -> list[int] | None:
+    """The spatial pads of a Pad node that adds zeros around the height and width only, else None."""
+    if pad is None or not is_onnx_op(pad, "Pad") or attributes(pad).get("mode", b"constant") != b"constant" \
+            or len(pad.input) < 2 or pad.input[1] not in g.initializers or (len(pad.input) > 3 and pad.input[3]):
+        return None
+    if len(pad.input) > 2 and pad.input[2]:
+        value = g.initializers.get(pad.input[2])
+        if value is None or numpy_helper.to_array(value).any():
+            return None
+    pads = numpy_helper.to_array(g.initializers[pad.input[1]]).astype(int).tolist()
+    if len(pads) != 2 * rank or any(pads[:2]) or any(pads[rank:rank + 2]):
+        return None
+    return pads[2:rank] + pads[rank + 2:]
+
+
+def _fold_pad(p: _Pass, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """A Conv reading a zero Pad (TF-style "same" padding, as EfficientNet-Lite's exports have) pads itself:
+    one op less forward and backward, the same values."""
+    g = p.g
+    pad = g.producer(node.input[0])
+    attrs = attributes(node)
+    kernel = attrs.get("kernel_shape")
+    rank = len(kernel) + 2 if kernel else len(g.static_shape(node.input[1]) or [])
+    spatial = _zero_pad(g, pad, rank) if rank > 2 else None
+    if spatial is None or attrs.get("auto_pad", b"NOTSET") != b"NOTSET" or len(g.consumers(pad.output[0])) != 1:
+        return None
+    own = list(attrs.get("pads", [0] * len(spatial)))
+    folded = onnx.NodeProto()
+    folded.CopyFrom(node)
+    folded.input[0] = pad.input[0]
+    assign(folded.attribute, [a for a in folded.attribute if a.name != "pads"])
+    folded.attribute.append(helper.make_attribute("pads", [a + b for a, b in zip(own, spatial)]))
+    return [folded]
+
+
 _RULES: dict[str, _Rule] = {
     "BatchNormalization": _Rule(_freeze_batchnorm, "Sub, Mul, Add with its running statistics fixed", True),
     "Dropout": _Rule(_dropout_mask, "a multiplication by a mask fed at each step", True),
+    "Conv": _Rule(_fold_pad, "the same Conv with the zero Pad before it in its own pads", True),
     "HardSigmoid": _Rule(_rewrite_hard_sigmoid, "Mul, Add, Clip (ORT has no HardSigmoid gradient)"),
     "HardSwish": _Rule(_rewrite_hard_swish, "Mul, Add, Clip, Mul (ORT has no HardSwish gradient)"),
     "PRelu": _Rule(_rewrite_prelu, "Relu, Sub, Mul, Add (ORT has no PRelu gradient)"),
@@ -274,6 +303,7 @@ def make_trainable(model: onnx.ModelProto, trainable_nodes: Collection[str] | No
         if replacement:
             counts[(node.op_type, rule.how)] = counts.get((node.op_type, rule.how), 0) + 1
     assign(out.graph.node, nodes)
+    assign(out.graph.node, GraphIndex(out).upstream(o.name for o in out.graph.output))  # folded Pads are dead
     out.graph.input.extend(helper.make_tensor_value_info(m["input"], TensorProto.FLOAT, ["batch", *m["shape"]])
                            for m in p.masks)
     out.graph.ClearField("value_info")
