@@ -31,18 +31,22 @@ from ftonnx import cluster, folders, metadata
 from ftonnx.data import Dataset, Loader, check_classes, discover
 from ftonnx.errors import FtonnxError
 from ftonnx.export.inference import export_inference
+from ftonnx.export.qat import QatCalibration, calibrate_qat, int8_prefix
+from ftonnx.export.quantize import CALIBRATION_CAP, calibration_batches
 from ftonnx.graph.index import GraphIndex, clone
 from ftonnx.graph.split import split
 from ftonnx.preprocess import PreprocessFlags
 from ftonnx.preprocess.use import preprocess_for
 from ftonnx.progress import Progress, log
 from ftonnx.runtime import check_device
+from ftonnx.train.artifacts import Artifacts
 from ftonnx.train.batches import Batches, CacheBatches, ImageBatches
 from ftonnx.train.cache import ActivationCache, default_mem_limit, plan
 from ftonnx.train.config import FEATURE_RMS, TrainConfig
 from ftonnx.train.freeze import trainable_parameters
 from ftonnx.train.loop import TrainResult
 from ftonnx.train.loop import train as train_loop
+from ftonnx.train.qat import learned_ranges
 from ftonnx.train.run import RunFolder, RunRecord
 from ftonnx.train.strategy import idle_options, plan_strategy
 
@@ -142,6 +146,9 @@ def _started(run: RunFolder, config: TrainConfig, args: dict[str, Any], model: s
             stored = run.resume_record()
             if config.epochs is not None and config.epochs != stored.config.epochs:
                 _extend(run, stored, config.epochs)
+            if config.qat and not stored.config.qat:
+                raise FtonnxError(f"{run} was trained without --qat, and --resume continues a run as it started; "
+                                  "drop --qat or start a new run")
             stored.config = dataclasses.replace(stored.config, resume=True, device=config.device, ray=config.ray)
             if not isinstance(stored.source, dict) or not set(source_keys) <= set(stored.source):
                 raise FtonnxError(f"{run.config_path}: damaged: its source lacks {', '.join(source_keys)}; "
@@ -194,15 +201,9 @@ def _datasets(args: dict[str, Any]) -> tuple[Dataset, Dataset]:
 
 def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFolder, record: RunRecord,
          stored: RunRecord | None, report: bool) -> TrainResult:
-    """Train `model` on images, through the cached prefix when it can, export RUN/model.onnx and, with
-    `report`, write the run's report."""
-    meta = metadata.read(model)
-    if meta.labels is None:
-        raise FtonnxError("the model's metadata has no class labels; add a head with `ftonnx head` or use "
-                          "`ftonnx finetune`")
-    check_classes(meta.labels, datasets[0].classes, hint="give a head for these classes (`ftonnx finetune`)")
-    name = _image_input(model)
-    meta.preprocess.check_input(GraphIndex(model).shapes.get(name), name)
+    """Train `model` on images, through the cached prefix when it can (with `--qat`, fake-quantised and the
+    prefix in int8), export RUN/model.onnx and, with `report`, write the run's report."""
+    meta, name = _checked(model, datasets[0])
     trainable = trainable_parameters(model, record.config.freeze)
     backbone_trains = any(p not in set(meta.head_params) for p in trainable)
     counts = np.bincount([label for _, label in datasets[0].samples], minlength=len(datasets[0].classes)).tolist()
@@ -217,9 +218,10 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
     else:
         cut, why = plan(model, trainable, enabled=not config.no_cache, augment=config.augment,
                         views=config.cache_views)
+    qat = _qat_calibration(model, datasets[0], run, stored is not None) if config.qat else None
     with contextlib.ExitStack() as cleanup:
         if cut:
-            trained, batches, val = _cached(model, cut, datasets, run, record, cleanup)
+            trained, batches, val = _cached(model, cut, datasets, run, record, cleanup, qat)
             if not backbone_trains:
                 config = record.config = _head_rate(given, record.cache["feature_rms"], counts)
         else:
@@ -227,11 +229,55 @@ def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFold
             if config.ray:
                 log(f"--ray: not used, as there is no activation cache to compute ({why})")
             trained, batches, val = _uncached(model, name, datasets, meta.preprocess, config, why)
-        result = train_loop(trained, batches, val, run, config, trainable, record)
+        result = train_loop(trained, batches, val, run, config, trainable, record, qat=qat and qat.plan)
+    if qat is not None:
+        _store_qat_ranges(run, model)
     best = {k: result.best[k] for k in ("epoch", "val_top1", "val_loss", "train_loss")}
     result.model_path = export_inference(model, result.weights, run.model_path, trained=best)
     result.report_path = write_report(run.path) if report else None
     return result
+
+
+def _checked(model: onnx.ModelProto, train_set: Dataset) -> tuple[metadata.Meta, str]:
+    """The model's metadata and image input, checked against the data: labels for its classes, an input the
+    preprocessing fits."""
+    meta = metadata.read(model)
+    if meta.labels is None:
+        raise FtonnxError("the model's metadata has no class labels; add a head with `ftonnx head` or use "
+                          "`ftonnx finetune`")
+    check_classes(meta.labels, train_set.classes, hint="give a head for these classes (`ftonnx finetune`)")
+    name = _image_input(model)
+    meta.preprocess.check_input(GraphIndex(model).shapes.get(name), name)
+    return meta, name
+
+
+def _qat_calibration(model: onnx.ModelProto, train_set: Dataset, run: RunFolder, resuming: bool) -> QatCalibration:
+    """`--qat`'s int8 calibration: on the training images as `ftonnx export --int8` calibrates, recorded in
+    RUN/quantisation.json; a resumed run reuses the record, so that it trains with the very same scales."""
+    stored = run.read_quantisation() if resuming else None
+    count = min(CALIBRATION_CAP, len(train_set.samples))
+    start = time.monotonic()
+    batches = None if stored else calibration_batches(train_set, metadata.read(model).preprocess, count)
+    qat = calibrate_qat(model, batches, stored, workdir=run.path)
+    if stored is None:
+        run.write_quantisation(qat.record())
+    log(f"qat: int8 ranges {'from ' + str(run.quantisation_path) if stored else f'calibrated on {qat.images} images'}"
+        f" ({time.monotonic() - start:.1f} s): {len(qat.plan.activations)} activations and {len(qat.plan.weights)} "
+        "weights quantised")
+    return qat
+
+
+def _store_qat_ranges(run: RunFolder, model: onnx.ModelProto) -> None:
+    """RUN/quantisation.json's "ranges": what `ftonnx export RUN --int8` quantises with, the calibrated ranges
+    with those learned at the best epoch; graph outputs, which trained in float, are left to the export."""
+    record = run.read_quantisation()
+    manifest = (Artifacts(run.artifacts).manifest() or {}).get("qat")
+    if record is None or manifest is None:
+        raise FtonnxError(f"{run}: a --qat run without its quantisation record or artifacts; start a new run")
+    outputs = {o.name for o in model.graph.output}
+    ranges = {t: r for t, r in record["calibrated"].items() if t not in outputs}
+    learned = learned_ranges(run.path, manifest)
+    run.write_quantisation({**record, "ranges": {**ranges, **learned}, "learned": sorted(learned)})
 
 
 def _head_rate(given: TrainConfig, feature_rms: float, class_counts: list[int]) -> TrainConfig:
@@ -288,17 +334,21 @@ def _uncached(model: onnx.ModelProto, name: str, datasets: tuple[Dataset, Datase
 
 
 def _cached(model: onnx.ModelProto, cut: list[str], datasets: tuple[Dataset, Dataset], run: RunFolder,
-            record: RunRecord, cleanup: contextlib.ExitStack) -> tuple[onnx.ModelProto, Batches, Batches]:
-    """Split at `cut`, run the frozen prefix once per image; the suffix and batches of its cached input
-    activations. Records the cache in `record`; spill files in RUN/cache live until `cleanup` closes."""
+            record: RunRecord, cleanup: contextlib.ExitStack,
+            qat: QatCalibration | None = None) -> tuple[onnx.ModelProto, Batches, Batches]:
+    """Split at `cut`, run the frozen prefix (with `qat`, its int8 version) once per image; the suffix and
+    batches of its cached input activations. Records the cache in `record`; spill files in RUN/cache live
+    until `cleanup` closes."""
     try:
         prefix, suffix = split(model, cut)
     except FtonnxError as exc:
         raise FtonnxError(f"{exc}; pass --no-cache to train through the whole graph") from None
+    if qat is not None:
+        prefix = int8_prefix(qat, cut)
     config, (train_set, val_set) = record.config, datasets
     views = config.cache_views
     _announce(train_set, val_set)
-    log(f"activation cache: frozen prefix computed once for {len(train_set.samples)}"
+    log(f"activation cache: frozen prefix{' in int8 (--qat)' if qat else ''} computed once for {len(train_set.samples)}"
         f"{f'x{views} augmented views' if views > 1 else ''}+{len(val_set.samples)} images "
         f"(boundary: {', '.join(cut)})")
     start = time.monotonic()

@@ -279,6 +279,10 @@ _STRATEGY_OPTIONS = [
                  help="Stop after this many epochs without a better --monitor (0: never stop early)."),
     click.option("--monitor", default="val_loss", type=click.Choice(["val_loss", "val_top1"]),
                  help="What --patience watches."),
+    click.option("--qat", is_flag=True,
+                 help="Quantisation-aware training: train (and validate) with int8 fake quantisation where the "
+                      "int8 export quantises, scales calibrated on the training images and learned where training "
+                      "changes the values; `ftonnx export RUN --int8` then uses those scales (CPU, AdamW)."),
 ]
 
 
@@ -304,7 +308,7 @@ def split_train_options(opts: dict[str, Any]) -> tuple[dict[str, Any], Any]:
                      label_column=opts["label_column"], split_column=opts["split_column"])
     names = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "freeze",
              "device", "seed", "resume", "no_cache", "cache_mem", "cache_views", "backbone_lr_mult", "l2sp", "delta",
-             "delta_layers", "label_smoothing", "class_weights", "patience", "monitor", "ray")
+             "delta_layers", "label_smoothing", "class_weights", "patience", "monitor", "ray", "qat")
     config = TrainConfig(**{name: opts[name] for name in names},
                          augment="none" if opts["no_augment"] else opts["augment"])
     return args, config

@@ -72,6 +72,9 @@ def command(ctx: click.Context, source: str, output: str, int8: bool, calib: str
         if data or flags.given:
             raise click.UsageError("--data and preprocessing options are for a model file; a RUN folder has them")
         origin = run_source(source, calib)
+        if origin.qat is not None and _given(ctx, "calib_method"):
+            raise click.UsageError("--calib-method: RUN trained with --qat, and its int8 export uses the scales "
+                                   "it trained with; drop --calib-method")
     else:
         origin = model_source(source, calib=calib, data=data, preprocess=flags)
     report = export_run(origin, output, int8=int8, fp16=opts["fp16"], ort=opts["ort"], on_device=opts["on_device"],

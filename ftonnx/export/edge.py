@@ -27,7 +27,8 @@ from ftonnx.data import Dataset, Loader, check_classes, discover, image_files
 from ftonnx.errors import FtonnxError
 from ftonnx.export.fp16 import convert_fp16
 from ftonnx.export.ondevice import build_on_device, build_on_device_head, step_costs
-from ftonnx.export.quantize import CALIBRATION_CAP, METHODS, Int8Result, quantize_int8
+from ftonnx.export.qat import quantize_qat
+from ftonnx.export.quantize import CALIBRATION_CAP, METHODS, Int8Result, calibration_batches, quantize_int8
 from ftonnx.export.report import measure
 from ftonnx.export.variants import Forms, write_forms
 from ftonnx.files import disk_full
@@ -41,7 +42,6 @@ from ftonnx.train.run import RunFolder
 ON_DEVICE = "on_device"
 ON_DEVICE_HEAD = "on_device_head"
 REPORT = "report.json"
-CALIBRATION_BATCH = 16
 KIND = "export"  # the marker's kind: OUT/.ftonnx-export
 STEP_BATCH = 32  # images in the on-device training step measured both ways
 
@@ -70,14 +70,16 @@ def read_run(run_dir: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, Any
 @dataclass
 class ExportSource:
     """What an export starts from: the float model (preprocessing in its metadata), the images int8 is
-    calibrated on, labelled images the report measures accuracy on, where it came from, and the folders
-    those images come from (which the output must keep apart from)."""
+    calibrated on, labelled images the report measures accuracy on, where it came from, the folders
+    those images come from (which the output must keep apart from), and the activation ranges of a run
+    trained with `--qat` ({tensor: [lowest, highest]}), which int8 then quantises with."""
 
     model: onnx.ModelProto
     calibration: Dataset | None
     val: Dataset | None
     origin: dict[str, str]
     data: list[str | None] = field(default_factory=list)
+    qat: dict[str, list[float]] | None = None
 
 
 def _images(folder: str) -> Dataset:
@@ -86,8 +88,12 @@ def _images(folder: str) -> Dataset:
 
 
 def run_source(run_dir: str | os.PathLike, calib: str | None = None) -> ExportSource:
-    """A RUN folder's model; calibration on its training images (or `calib`), accuracy on its val images."""
+    """A RUN folder's model; calibration on its training images (or `calib`), accuracy on its val images; the
+    ranges of a `--qat` run."""
     model, data_args = read_run(run_dir)
+    quantisation = RunFolder(run_dir).read_quantisation()
+    if quantisation is not None and "ranges" not in quantisation:
+        raise FtonnxError(f"{run_dir}: a --qat run whose training has not finished; resume it first")
     try:
         train, val = discover(**data_args)
     except TypeError as exc:
@@ -96,7 +102,8 @@ def run_source(run_dir: str | os.PathLike, calib: str | None = None) -> ExportSo
     if val is not None:
         check_classes(metadata.read(model).labels, val.classes)
     return ExportSource(model, _images(calib) if calib else train, val, {"run": str(Path(run_dir).absolute())},
-                        [data_args.get("data"), data_args.get("val"), calib])
+                        [data_args.get("data"), data_args.get("val"), calib],
+                        quantisation["ranges"] if quantisation else None)
 
 
 def model_source(path: str | os.PathLike, *, calib: str | None = None, data: str | None = None,
@@ -119,13 +126,6 @@ def model_source(path: str | os.PathLike, *, calib: str | None = None, data: str
     chosen = preprocess_for(model, preprocess, calibration or val)
     return ExportSource(metadata.update(model, preprocess=chosen), calibration, val,
                         {"model": str(Path(path).absolute())}, [calib, data])
-
-
-def calibration_batches(images: Dataset, preprocess: metadata.Preprocess, count: int) -> Iterator[np.ndarray]:
-    """Batches of `count` images drawn at random (seed 0), as the model's input."""
-    pick = sorted(np.random.default_rng(0).permutation(len(images.samples))[:count])
-    subset = dataclasses.replace(images, samples=[images.samples[i] for i in pick])
-    return (x for x, _ in Loader(subset, preprocess, batch_size=CALIBRATION_BATCH).epoch(0))
 
 
 def _first_images(dataset: Dataset | None, preprocess: metadata.Preprocess, count: int,
@@ -234,13 +234,18 @@ class ExportOptions:
 
 
 def _int8(source: ExportSource, options: ExportOptions, say: Callable[[str], None]) -> Int8Result:
-    """The int8 model: calibrated on the source's calibration images, nodes kept float as asked."""
+    """The int8 model: calibrated on the source's calibration images, nodes kept float as asked; a `--qat` run's
+    with the scales it trained with (only its outputs' ranges calibrated), nothing kept float unless named."""
     if source.calibration is None:
         raise FtonnxError("int8 needs calibration images: pass --calib DIR (a folder of typical inputs)")
     count = min(options.calib_count or CALIBRATION_CAP, len(source.calibration.samples))
+    batches = calibration_batches(source.calibration, metadata.read(source.model).preprocess, count)
+    if source.qat is not None:
+        say(f"int8: the QAT scales of {len(source.qat)} tensors; the outputs' ranges from {count} images")
+        keep = () if options.keep_float == "auto" else options.keep_float
+        return quantize_qat(source.model, batches, source.qat, keep_float=keep)
     say(f"int8: calibrating on {count} images ({options.calib_method})"
         + (", choosing the nodes to keep in float" if options.keep_float == "auto" else ""))
-    batches = calibration_batches(source.calibration, metadata.read(source.model).preprocess, count)
     result = quantize_int8(source.model, batches, method=options.calib_method, keep_float=options.keep_float)
     if result.keep_float:
         say(f"int8: kept in float: {', '.join(result.keep_float)}")

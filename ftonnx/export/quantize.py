@@ -31,10 +31,11 @@ with a numpy RuntimeWarning; that warning is silenced, as the report measures ev
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ import numpy as np
 import onnx
 
 from ftonnx import metadata
+from ftonnx.data import Dataset, Loader
 from ftonnx.errors import FtonnxError, first_line
 from ftonnx.export.bias import BiasCorrection, unshare_biases
 from ftonnx.files import TEMP_PREFIX
@@ -50,6 +52,7 @@ from ftonnx.graph.io import save_model
 from ftonnx.graph.normalize import lift_opset
 
 METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_BATCH = 16
 KEEP_FLOAT_OPS = ("Softmax",)
 QDQ_MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
 CALIBRATION_CAP = 300  # default: every calibration image up to this many
@@ -59,18 +62,24 @@ CHECK_IMAGES = 64  # images keep_float="auto" measures the int8 model's drift on
 @dataclass
 class Int8Result:
     """A quantised model and how it was made: calibration method and image count, the nodes left in float
-    besides the Softmax, and (auto) what the choice of those nodes measured."""
+    besides the Softmax, (auto) what the choice of those nodes measured, whose activation scales it has
+    ("calibrated", or "qat": those of quantisation-aware training, for `qat_tensors` tensors) and whether its
+    biases were corrected."""
 
     model: onnx.ModelProto
     method: str
     images: int
     keep_float: list[str]
     search: dict[str, Any] | None = field(default=None)
+    scales: str = "calibrated"
+    bias_correction: bool = True
+    qat_tensors: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The report's entry: everything but the model."""
         return {"method": self.method, "images": self.images, "keep_float": self.keep_float,
-                "bias_correction": True, "search": self.search}
+                "bias_correction": self.bias_correction, "search": self.search, "scales": self.scales,
+                "qat_tensors": self.qat_tensors}
 
 
 def _prepare(model: onnx.ModelProto, folder: Path) -> Path:
@@ -156,10 +165,13 @@ class _FirstImages:
 class Quantizer:
     """A float model prepared for ORT's QDQ quantiser and calibrated on `batches` (float32 inputs) with
     `method`; `quantize` then makes QDQ models from it, as often as wanted. Call `close` (or use `with`)
-    to remove its temporary files."""
+    to remove its temporary files. With `ranges` (e.g. `ranges_from_json` of stored ones) and no batches,
+    nothing is calibrated: those ranges are used, and there is no bias correction."""
 
-    def __init__(self, model: onnx.ModelProto, batches: Iterable[np.ndarray], method: str = "minmax", *,
-                 workdir: str | os.PathLike | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto, batches: Iterable[np.ndarray] | None, method: str = "minmax", *,
+                 workdir: str | os.PathLike | None = None, ranges: Any = None) -> None:
+        if (batches is None) == (ranges is None):
+            raise ValueError("Quantizer takes calibration batches or ranges, one of them")
         if method not in METHODS:
             raise FtonnxError(f"calibration method must be one of {', '.join(METHODS)}, not {method!r}")
         if len(model.graph.input) != 1:
@@ -170,7 +182,10 @@ class Quantizer:
         self.prepared = _prepare(model, folder)
         self.float_model = unshare_biases(onnx.load(str(self.prepared)))
         self.input_name = model.graph.input[0].name
-        self.ranges, self.images, self.bias = self._calibrate(batches, folder)
+        if batches is None:
+            self.ranges, self.images, self.bias = ranges, 0, None
+        else:
+            self.ranges, self.images, self.bias = self._calibrate(batches, folder)
         self._deltas: dict[str, np.ndarray] | None = None
 
     def _calibrate(self, batches: Iterable[np.ndarray], folder: Path) -> tuple[Any, int, BiasCorrection]:
@@ -214,6 +229,8 @@ class Quantizer:
             raise FtonnxError(f"no node named {unknown[0]!r} to keep in float; the quantised graph's nodes are "
                               f"listed by `ftonnx inspect`")
         model = self.float_model
+        if bias_correction and self.bias is None:
+            raise FtonnxError("int8 bias correction needs calibration images; these ranges came without them")
         if bias_correction:
             if self._deltas is None:
                 self._deltas = self.bias.deltas(self._run(self.float_model, [], ranges))
@@ -240,6 +257,28 @@ class Quantizer:
         except Exception as exc:  # ORT's quantiser raises ValueError, RuntimeError, onnx errors...
             raise FtonnxError(f"int8 quantisation failed: {first_line(exc)}") from None
         return quantizer.model.model
+
+
+def calibration_batches(images: Dataset, preprocess: metadata.Preprocess, count: int) -> Iterator[np.ndarray]:
+    """Batches of `count` images drawn at random (seed 0), as the model's input: the images int8 is calibrated on
+    (by the export, and by quantisation-aware training before it)."""
+    pick = sorted(np.random.default_rng(0).permutation(len(images.samples))[:count])
+    subset = dataclasses.replace(images, samples=[images.samples[i] for i in pick])
+    return (x for x, _ in Loader(subset, preprocess, batch_size=CALIBRATION_BATCH).epoch(0))
+
+
+def ranges_to_json(ranges: Any) -> dict[str, list[float]]:
+    """A calibration's (or any) activation ranges as {tensor: [lowest, highest]}, float32 values exactly."""
+    return {name: [float(np.asarray(v).reshape(())) for v in data.range_value] for name, data in ranges.items()}
+
+
+def ranges_from_json(ranges: dict[str, list[float]]) -> Any:
+    """The ranges ORT's quantiser takes from {tensor: [lowest, highest]}."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    return TensorsData(CalibrationMethod.MinMax, {name: TensorData(lowest=np.array(lo, np.float32),
+                                                                   highest=np.array(hi, np.float32))
+                                                  for name, (lo, hi) in ranges.items()})
 
 
 def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], path: str | os.PathLike | None = None, *,

@@ -139,8 +139,12 @@ def _notes(report: dict[str, Any]) -> list[str]:
         text += ["left to the CPU in the fixed-shape variants:", *not_taken]
     if int8 := report.get("int8"):
         kept = ", ".join(int8["keep_float"]) or "none"
-        text.append(f"int8: {int8['method']} calibration on {int8['images']} images, bias corrected; kept in float: "
-                    f"{kept}")
+        if int8.get("scales") == "qat":
+            text.append(f"int8: QAT scales ({int8['qat_tensors']} tensors, as the run trained with them), the outputs' "
+                        f"ranges their extremes on {int8['images']} images, no bias correction; kept in float: {kept}")
+        else:
+            text.append(f"int8: {int8['method']} calibration on {int8['images']} images, bias corrected; kept in "
+                        f"float: {kept}")
     if step := report.get("on_device_step"):
         text.append(f"on-device training step, batch {step['batch']}: whole graph {step['whole_graph_ms']:.1f} ms, "
                     f"head on stored features {step['head_ms']:.3f} ms ({step['speedup']:.0f}x; the features "

@@ -26,9 +26,12 @@ from ftonnx.folders import remove
 from ftonnx.graph.index import GraphIndex, assign, prune
 from ftonnx.graph.normalize import lift_opset
 from ftonnx.graph.objective import LOSS
+from ftonnx.graph.qdqplan import QuantPlan
 from ftonnx.graph.trainable import make_trainable
+from ftonnx.progress import log
 from ftonnx.train.config import OPTIMIZERS
 from ftonnx.train.freeze import parameter_names
+from ftonnx.train.qat import describe, fake_quantised
 from ftonnx.train.strategy import Strategy, training_graph
 
 LOGITS = "logits"
@@ -90,9 +93,11 @@ def _optimizer_block(optimizer: str, weight_decay: float):
 
 
 def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str | os.PathLike, *,
-                    optimizer: str = "adamw", weight_decay: float = 0.0, strategy: Strategy | None = None) -> Artifacts:
+                    optimizer: str = "adamw", weight_decay: float = 0.0, strategy: Strategy | None = None,
+                    qat: QuantPlan | None = None, scale_gain: float = 0.0) -> Artifacts:
     """Write the training artifacts of `model` (parameters `trainable` train, the others stay) to `out_dir`,
-    with `strategy`'s reparametrisation and objective when one is given."""
+    with `strategy`'s reparametrisation and objective when one is given, and fake quantisation where `qat`
+    says (learned scales of gain `scale_gain`, see `ftonnx.train.qat`)."""
     names = parameter_names(model)
     unknown = sorted(set(trainable) - set(names))
     if unknown:
@@ -101,9 +106,14 @@ def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str |
         raise FtonnxError(f"the model has no output {LOGITS!r}; add a head first (ftonnx head or ftonnx finetune)")
     block = _optimizer_block(optimizer, weight_decay)
     forward = make_trainable(prune(lift_opset(model), [LOGITS]))  # the loss takes every output: logits only
+    scales, quantised = [], None
+    if qat is not None:  # before the reparametrisation, which then rewrites the weights' fake quantisation too
+        forward, scales, quantised = fake_quantised(forward, qat, list(trainable), scale_gain)
+        log(describe(quantised))
     graph, requires_grad, folds, own_loss = forward.model, list(trainable), {}, False
     if strategy is not None:
         graph, requires_grad, folds, own_loss = training_graph(forward, list(trainable), strategy)
+    requires_grad += scales
     frozen = [n for n in names if n not in set(requires_grad)]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +123,8 @@ def build_artifacts(model: onnx.ModelProto, trainable: list[str], out_dir: str |
         manifest = {"trainable": list(trainable), "frozen": frozen, "optimizer": optimizer,
                     "weight_decay": weight_decay, "dropout": forward.masks, "requires_grad": requires_grad,
                     "reparametrised": folds,
-                    "objective": strategy.objective.to_json() if strategy and strategy.objective else None}
+                    "objective": strategy.objective.to_json() if strategy and strategy.objective else None,
+                    "qat": quantised}
         Artifacts(tmp).manifest_path.write_text(json.dumps(manifest, indent=1))
         tmp.chmod(0o755)
         remove(out_dir)

@@ -39,6 +39,9 @@ class TrainConfig:
     regularisers (`delta_layers`: node SPECs, default the feature map the head pools),
     `label_smoothing` and `class_weights` shape the cross-entropy, `patience` > 0 stops after that
     many epochs without a better `monitor`.
+
+    `qat`: quantisation-aware training (see `ftonnx.train.qat`): the trainable part trains, and validates,
+    with fake quantisation where the int8 export quantises, with scales it calibrates first.
     """
 
     epochs: int | None = None
@@ -65,6 +68,7 @@ class TrainConfig:
     patience: int = 0
     monitor: str = "val_loss"
     ray: str | None = None  # compute the cache on Ray: a cluster's address, or "local" (ftonnx.cluster)
+    qat: bool = False  # quantisation-aware training: fake quantisation where the int8 export quantises
 
     def validate(self) -> None:
         """Raise FtonnxError on an option out of range, before any work."""
@@ -116,6 +120,12 @@ class TrainConfig:
              f"--class-weights must be auto or positive numbers, one per class, not {weights!r}"),
             (self.patience >= 0, f"--patience must be >= 0, not {self.patience}"),
             (self.monitor in MONITORS, f"unknown --monitor {self.monitor!r}; use one of {', '.join(MONITORS)}"),
+            (not (self.qat and self.device != "cpu"),
+             "--qat trains on the CPU only (ONNX Runtime 1.19.2's CUDA build is not verified with fake "
+             "quantisation); drop --device cuda"),
+            (not (self.qat and self.optimizer != "adamw"),
+             "--qat learns its activation scales with AdamW (SGD's step follows the gradient's size); "
+             "drop --optimizer sgd"),
         ]
 
     def resolved(self, *, backbone_trains: bool, feature_rms: float | None = None,

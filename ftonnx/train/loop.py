@@ -25,6 +25,7 @@ import onnx
 
 from ftonnx import folders
 from ftonnx.errors import FtonnxError, first_line
+from ftonnx.graph.qdqplan import QuantPlan
 from ftonnx.graph.reparam import fold
 from ftonnx.progress import Progress, log
 from ftonnx.train.artifacts import Artifacts, build_artifacts
@@ -32,6 +33,7 @@ from ftonnx.train.batches import Batches
 from ftonnx.train.config import TrainConfig
 from ftonnx.train.delta import channel_attention
 from ftonnx.train.probe import check_training_step, needs_probe
+from ftonnx.train.qat import scale_gain
 from ftonnx.train.run import KIND, RunFolder, RunRecord
 from ftonnx.train.schedule import learning_rate
 from ftonnx.train.session import TrainingSession
@@ -64,7 +66,7 @@ def _better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
 
 
 def _session(model: onnx.ModelProto, batches: Batches, run: RunFolder, config: TrainConfig, trainable: list[str],
-             last: dict[str, Any] | None) -> TrainingSession:
+             last: dict[str, Any] | None, qat: QuantPlan | None) -> TrainingSession:
     """The training session of the run: artifacts built (and a risky first step probed) for a fresh run,
     reused from the last checkpoint when resuming with the same options."""
     artifacts = Artifacts(run.artifacts)
@@ -75,11 +77,13 @@ def _session(model: onnx.ModelProto, batches: Batches, run: RunFolder, config: T
         if strategy.layers:
             strategy.objective.attention = channel_attention(model, strategy.layers, batches)
         build_artifacts(model, trainable, artifacts.folder, optimizer=config.optimizer,
-                        weight_decay=config.weight_decay, strategy=strategy)
+                        weight_decay=config.weight_decay, strategy=strategy, qat=qat,
+                        scale_gain=scale_gain(config.lr))
         if needs_probe(artifacts):
             check_training_step(artifacts, *next(iter(batches.epoch(0))))
-    elif manifest["trainable"] != trainable or manifest.get("optimizer") != config.optimizer:
-        raise FtonnxError(f"{run} was trained with other --freeze/--optimizer options; resume with the same")
+    elif (manifest["trainable"] != trainable or manifest.get("optimizer") != config.optimizer
+          or bool(manifest.get("qat")) != (qat is not None)):
+        raise FtonnxError(f"{run} was trained with other --freeze/--optimizer/--qat options; resume with the same")
     try:
         return TrainingSession(artifacts, run.checkpoint_path(last) if last else artifacts.checkpoint, config.device)
     except Exception as exc:  # ORT's RuntimeError on a damaged training, eval or optimizer model
@@ -88,12 +92,14 @@ def _session(model: onnx.ModelProto, batches: Batches, run: RunFolder, config: T
 
 
 def train(model: onnx.ModelProto, batches: Batches, val: Batches | None, run_dir: str | os.PathLike,
-          config: TrainConfig, trainable: list[str], record: RunRecord | None = None) -> TrainResult:
+          config: TrainConfig, trainable: list[str], record: RunRecord | None = None,
+          qat: QuantPlan | None = None) -> TrainResult:
     """Train parameters `trainable` of `model` (output `logits`) on `batches`, validate on `val` each epoch,
     keep best and last checkpoints and metrics in `run_dir`; returns the best epoch's weights.
 
     `config` is resolved (`TrainConfig.resolved`); with `config.resume` the run continues from its last
     checkpoint. `record` (default: the options alone) becomes RUN/config.json when a fresh run starts.
+    With `qat` (where the int8 model quantises), training and validation run with fake quantisation there.
     """
     if not config.is_resolved:
         raise ValueError("train() needs a resolved config: TrainConfig.resolved(...)")
@@ -101,7 +107,7 @@ def train(model: onnx.ModelProto, batches: Batches, val: Batches | None, run_dir
         raise FtonnxError("--patience stops on validation results: give validation images")
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     last = run.check_start(config.resume)
-    session = _session(model, batches, run, config, trainable, last)
+    session = _session(model, batches, run, config, trainable, last, qat)
     if last is None:
         run.write_record(record or RunRecord(config, {}))
     done, stopped = (last["epoch"], last.get("stopped")) if last else (0, None)

@@ -81,8 +81,8 @@ def _record_problem(raw: Any) -> str | None:
 
 class RunFolder:
     """RUN/: model.onnx, config.json, metrics.jsonl, artifacts/, checkpoints/, cache/ (spill files), export/,
-    and ftonnx's marker and lock; the report: report.html with its pictures curves.png and confusion.png
-    (`ftonnx eval --report DIR` names its files the same way)."""
+    quantisation.json (`--qat`), and ftonnx's marker and lock; the report: report.html with its pictures
+    curves.png and confusion.png (`ftonnx eval --report DIR` names its files the same way)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -96,9 +96,10 @@ class RunFolder:
         self.report_path = self.path / "report.html"
         self.curves_path = self.path / "curves.png"
         self.confusion_path = self.path / "confusion.png"
+        self.quantisation_path = self.path / "quantisation.json"
         self.entries = (self.config_path, self.model_path, self.metrics_path, self.artifacts, self.checkpoints,
                         self.cache_dir, self.export_dir, self.report_path, self.curves_path, self.confusion_path,
-                        self.path / folders.LOCK, folders.marker(self.path, KIND))
+                        self.quantisation_path, self.path / folders.LOCK, folders.marker(self.path, KIND))
         self._resume_from: dict[str, Any] | None = None  # found once by `claimed`, reused by the loop
 
     def __fspath__(self) -> str:
@@ -123,6 +124,24 @@ class RunFolder:
 
     def write_record(self, record: RunRecord) -> None:
         write_text_atomic(self.config_path, json.dumps(record.to_json(), indent=1))
+
+    # quantisation-aware training
+    def read_quantisation(self) -> dict[str, Any] | None:
+        """RUN/quantisation.json (a `--qat` run's calibration, and once trained its "ranges"), checked; None when
+        the run has none."""
+        try:
+            raw = json.loads(self.quantisation_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise FtonnxError(f"{self.quantisation_path}: damaged ({first_line(exc)})") from None
+        if not isinstance(raw, dict) or not all(_ranges(raw.get(k)) for k in ("calibrated", "ranges") if k in raw) \
+                or "calibrated" not in raw or not _whole(raw.get("images")):
+            raise FtonnxError(f"{self.quantisation_path}: damaged (not the record ftonnx writes)")
+        return raw
+
+    def write_quantisation(self, record: dict[str, Any]) -> None:
+        write_text_atomic(self.quantisation_path, json.dumps(record, indent=1))
 
     # starting and resuming
     def resume_record(self) -> RunRecord:
@@ -308,6 +327,13 @@ class RunFolder:
 
 def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ranges(value: Any) -> bool:
+    """Whether `value` is {tensor: [lowest, highest]} with lowest <= highest."""
+    return isinstance(value, dict) and all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+        and r[0] <= r[1] for r in value.values())
 
 
 def _load_checkpoint(path: Path) -> Any:

@@ -88,13 +88,10 @@ class TrainingSession:
         """Mean cross-entropy and top-1 over `batches` with the eval graph. The loss is plain cross-entropy
         of the logits whatever the training objective (smoothing, class weights, regularisers), so that
         validation losses compare across strategies and with `ftonnx eval`."""
-        self.module.eval()
-        at = self.module.output_names().index(LOGITS)
         loss_sum, correct, count = 0.0, 0, 0
         with Progress(None, desc) as bar:
             for inputs, labels in batches:
-                outputs = self.module(*self._feeds(self.eval_inputs, inputs, labels, None))
-                logits = outputs[at] if isinstance(outputs, (list, tuple)) else outputs
+                logits = self.logits(inputs, labels)
                 loss_sum += cross_entropy_sum(logits, labels)
                 correct += int((np.argmax(logits, axis=1) == labels).sum())
                 count += len(labels)
@@ -102,6 +99,13 @@ class TrainingSession:
         if not count:
             raise FtonnxError("the validation set yielded no images")
         return loss_sum / count, correct / count
+
+    def logits(self, inputs: dict[str, np.ndarray], labels: np.ndarray | None = None) -> np.ndarray:
+        """The eval graph's logits for one batch (what validation scores: with `--qat`, fake-quantised)."""
+        self.module.eval()
+        labels = np.zeros(len(next(iter(inputs.values()))), np.int64) if labels is None else labels
+        outputs = self.module(*self._feeds(self.eval_inputs, inputs, labels, None))
+        return outputs[self.module.output_names().index(LOGITS)] if isinstance(outputs, (list, tuple)) else outputs
 
     def weights(self, names: list[str]) -> dict[str, np.ndarray]:
         """The current values of parameters `names`."""
