@@ -13,7 +13,7 @@
    (on_device/) and on the head alone fed stored features (on_device_head/): the median step time of each,
    their ratio, and val top-1 after training.
 
-Run on a quiet machine: about 10 minutes on 2 cores.
+Run on a quiet machine: about 5 minutes on 2 cores.
 
     python tools/bench_export.py                                     # the README's figures
     python tools/bench_export.py --limit 16 --epochs 1 --until "" --device-epochs 1 --runs 3   # a smoke run
@@ -25,13 +25,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
+from _bench import DEFAULT_DATA, UNTIL, limited, say
 
 from ftonnx import metadata, zoo
 from ftonnx.data import Loader, discover
@@ -43,24 +43,6 @@ from ftonnx.export.report import format_table
 from ftonnx.pipeline import data_args, finetune
 from ftonnx.runtime import inference_session
 from ftonnx.train.config import TrainConfig
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
-UNTIL = "/_blocks.14/Add"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def limited(root: Path, limit: int, folder: Path) -> dict:
-    """`discover` arguments for the first `limit` images of each class of train/ and val/ (list files)."""
-    args = {"data": str(root)}
-    for split, key in (("train", "list_file"), ("val", "val_list")):
-        lines = [f"{split}/{c.name}/{f.name} {c.name}" for c in sorted((root / split).iterdir()) if c.is_dir()
-                 for f in sorted(c.iterdir())[:limit]]
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
-        args[key] = str(folder / f"{split}.txt")
-    return data_args(**args)
 
 
 def make_runs(workdir: Path, data: dict, epochs: list[int], until: str) -> dict[str, Path]:

@@ -13,7 +13,7 @@ files' sizes, and the seconds per epoch (training and validation) and per run (s
 run also calibrates once) without and with --qat. The check line says whether QAT int8 is within 0.3 pt of
 the float model and never below post-training int8.
 
-Run on a quiet machine: about 15 minutes on 2 cores (the --freeze none runs take most of it).
+Run on a quiet machine: about 7 minutes on 2 cores (the --freeze none runs take most of it).
 
     python tools/bench_qat.py                                                         # the README's figures
     python tools/bench_qat.py --limit 8 --epochs 1 --until-epochs 1 --none-epochs 1   # a smoke run (~3 min)
@@ -26,35 +26,19 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _bench import DEFAULT_DATA, UNTIL, limited, say
 
 from ftonnx import zoo
 from ftonnx.export.edge import export_run
 from ftonnx.pipeline import data_args, finetune
 from ftonnx.train.config import TrainConfig
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hymenoptera"
-UNTIL = "/_blocks.14/Add"
 TOLERANCE = 0.003  # QAT int8 within 0.3 pt of the float model's top-1
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def limited(root: Path, limit: int, folder: Path) -> dict:
-    """`discover` arguments for the first `limit` images of each class of train/ and val/ (list files)."""
-    args = {"data": str(root)}
-    for split, key in (("train", "list_file"), ("val", "val_list")):
-        lines = [f"{split}/{c.name}/{f.name} {c.name}" for c in sorted((root / split).iterdir()) if c.is_dir()
-                 for f in sorted(c.iterdir())[:limit]]
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
-        args[key] = str(folder / f"{split}.txt")
-    return data_args(**args)
 
 
 def one_run(pretrained: Path, data: dict, run: Path, config: TrainConfig, runs: int) -> dict[str, Any]:
