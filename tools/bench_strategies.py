@@ -19,7 +19,7 @@ held-out training image per class only, so that no epoch is chosen on the report
 validation costs nothing. Cells are the mean and the sample standard deviation over the seeds, each
 seed drawing its own training images. Early stopping is not in the table: it saves epochs, not accuracy.
 
-    python tools/bench_strategies.py                   # both README tables: about 40 min on 2 cores
+    python tools/bench_strategies.py                   # both README tables: about 35 min on 2 cores
     python tools/bench_strategies.py --tasks h10-mid --strategies default l2sp --seeds 0 --epochs 1 \\
         --val-limit 20                                 # a smoke run, a minute or so
 """
