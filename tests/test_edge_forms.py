@@ -197,6 +197,34 @@ def test_keep_float_auto_finds_the_badly_quantised_tensor(hymenoptera: Path, mon
     assert kept.input[1] == "conv2.weight"  # its weight stays float, no DequantizeLinear in front
 
 
+def test_keep_float_auto_tries_leaving_the_input_unrounded(hymenoptera: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input's rounding to uint8 is no intermediate tensor the ranking measures, so its reader is tried
+    even with no ranked candidate: here channel 0 spans 1000x the range of the others (a tiny std, the
+    same function), rounding the input per tensor wipes out channels 1 and 2, and conv1 stays float."""
+    from ftonnx.export import keep_float
+
+    model = _tiny_classifier()
+    pre = metadata.read(model).preprocess
+    metadata.update(model, preprocess=dataclasses.replace(pre, std=(pre.std[0] / 1000, *pre.std[1:])))
+    weight = next(t for t in model.graph.initializer if t.name == "conv1.weight")
+    value = numpy_helper.to_array(weight).copy()
+    value[:, 0] /= 1000
+    weight.CopyFrom(numpy_helper.from_array(value, weight.name))
+    train, _ = discover(str(hymenoptera))
+    few = dataclasses.replace(train, samples=train.samples[:16] + train.samples[-16:])
+    x = np.concatenate([b for b, _ in Loader(few, metadata.read(model).preprocess, batch_size=8).epoch(0)])
+    batches = [x[i:i + 8] for i in range(0, len(x), 8)]
+    monkeypatch.setattr(keep_float, "WEIGHT_BUDGET", 1.0)
+    monkeypatch.setattr(keep_float, "TRIES", 0)
+    every = quantize_int8(model, batches, keep_float=())
+    auto = quantize_int8(model, batches, keep_float="auto")
+    assert auto.keep_float == ["/conv1/Conv"]
+    assert [t["nodes"] for t in auto.search["tried"]] == [["/conv1/Conv"]]
+    assert _drift(auto.model, model, x) < 0.5 * _drift(every.model, model, x)
+    conv1 = {n.name: n for n in auto.model.graph.node}["/conv1/Conv"]
+    assert conv1.input[:2] == ["input", "conv1.weight"]  # the image and the weight reach it unrounded
+
+
 def _linear_model() -> onnx.ModelProto:
     """1x1 Conv 3->8, depthwise 1x1 Conv (group 8), GlobalAveragePool, Flatten, Gemm 8->2: linear end to end,
     so a weight error's effect on the mean logits is exactly what bias correction predicts. Each output
