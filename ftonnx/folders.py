@@ -41,7 +41,9 @@ def check_claimable(folder: Path, kind: str, what: str) -> None:
         raise FtonnxError(f"{folder}: is a dangling symbolic link; {what} names a folder")
     if folder.exists() and not folder.is_dir():
         raise FtonnxError(f"{folder}: is a file; {what} names a folder")
-    if folder.is_dir() and not is_owned(folder, kind) and any(folder.iterdir()):
+    # list before looking for the marker: a process claiming the folder meanwhile writes its marker first, so
+    # a listing that holds anything is read after that marker exists, never between it and the listing
+    if folder.is_dir() and any(folder.iterdir()) and not is_owned(folder, kind):
         others = [m.name[len(".ftonnx-"):] for m in folder.glob(".ftonnx-*") if m.name != f".ftonnx-{kind}"
                   and not m.name.startswith(TEMP_PREFIX)]
         holds = f"an ftonnx {others[0]} folder" if others else "files ftonnx did not write"

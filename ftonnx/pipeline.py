@@ -41,7 +41,7 @@ from ftonnx.progress import Progress, log
 from ftonnx.runtime import check_device
 from ftonnx.train.artifacts import Artifacts
 from ftonnx.train.batches import Batches, CacheBatches, ImageBatches
-from ftonnx.train.cache import ActivationCache, default_mem_limit, plan
+from ftonnx.train.cache import ActivationCache, default_mem_limit, plan, prefix_session
 from ftonnx.train.config import FEATURE_RMS, TrainConfig
 from ftonnx.train.freeze import trainable_parameters
 from ftonnx.train.loop import TrainResult
@@ -373,11 +373,13 @@ def _build_caches(prefix: onnx.ModelProto, datasets: tuple[Dataset, Dataset], ru
     limit; each is closed (its spill files deleted) when `cleanup` closes."""
     caches: list[ActivationCache] = []
     limit = config.cache_mem or default_mem_limit()
+    session = prefix_session(prefix, config.device)
     for dataset, n in zip(datasets, (config.cache_views, 1)):
         with Progress(len(dataset.samples) * n, "caching activations") as bar:
             caches.append(cleanup.enter_context(contextlib.closing(ActivationCache.build(
                 prefix, dataset, views=n, augment=config.augment if n > 1 else "none", seed=config.seed,
-                mem_limit=limit, spill_dir=run.cache_dir, device=config.device, progress=bar.update))))
+                mem_limit=limit, spill_dir=run.cache_dir, device=config.device, progress=bar.update,
+                session=session))))
         limit = max(limit - _in_memory(caches[-1]), 1)
     return caches
 

@@ -23,6 +23,7 @@ same batch size and epochs. It prints a markdown table and the ratios issue 4 as
     python tools/bench_cache.py                                  # every row, 30 and 5 epochs
     python tools/bench_cache.py --epochs 1 --limit 40            # a smoke run on 40 + 40 images
     python tools/bench_cache.py --rows cache pytorch floor --epochs 30
+    python tools/bench_cache.py --rows floor cache --epochs 30 --repeat 5   # medians, floor and cache alternating
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,9 @@ HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 MODEL = "efficientnet-lite0"
 LATE = "/_blocks.14/Add"  # the output of the second-to-last block: block 15, _conv_head and the head train
 ROWS = ("cache", "nocache", "pytorch", "floor", "late-cache", "late-nocache")
+FTONNX_ROWS = {"cache": lambda late: [], "nocache": lambda late: ["--no-cache"],
+               "late-cache": lambda late: ["--freeze", f"until:{late}", "--no-augment"],
+               "late-nocache": lambda late: ["--freeze", f"until:{late}", "--no-augment", "--no-cache"]}
 THREADS = os.cpu_count() or 1
 
 
@@ -189,6 +194,13 @@ def prepare(folder: Path, data: dict[str, str]) -> dict[str, str]:
     return {"pretrained": str(pretrained), "head": str(folder / "head.npz"), "prefix": str(folder / "prefix.onnx")}
 
 
+def median_row(rows: list[tuple[float, float | None, str]]) -> tuple[float, float | None, str]:
+    """One row of the table from repeated runs: the median wall time, the last run's top-1, each run's time."""
+    wall = statistics.median(r[0] for r in rows)
+    each = f"; median of {len(rows)} runs: {', '.join(f'{r[0]:.2f}' for r in rows)} s" if len(rows) > 1 else ""
+    return wall, rows[-1][1], rows[-1][2] + each
+
+
 def report(results: dict[tuple[str, int], tuple[float, float | None, str]], epochs: list[int]) -> None:
     """The markdown table and the ratios issue 4 sets targets for."""
     print("| row | epochs | wall s (process start to saved model) | val top-1 | what |")
@@ -217,6 +229,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="use only the first N images of each split (a smoke run)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--late", default=LATE, help="SPEC of --freeze until: for the late rows")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the floor and each row this many times, in turn; the table shows median wall times")
     parser.add_argument("--child", choices=["torch", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,26 +245,26 @@ def main() -> None:
         pretrained = Path(files["pretrained"])
         print(f"{MODEL}, {args.data}{f' (first {args.limit} images per split)' if args.limit else ''}, "
               f"batch {args.batch_size}, {THREADS} threads, AdamW with ftonnx's default lr and schedule\n", flush=True)
-        results: dict[tuple[str, int], tuple[float, float | None, str]] = {}
-        if "floor" in args.rows:
-            results[("floor", 0)] = child_row("floor", {"data_args": data, "prefix": files["prefix"],
-                                                        "threads": THREADS})
-        ftonnx_rows = {"cache": [], "nocache": ["--no-cache"],
-                       "late-cache": ["--freeze", f"until:{args.late}", "--no-augment"],
-                       "late-nocache": ["--freeze", f"until:{args.late}", "--no-augment", "--no-cache"]}
-        for e in args.epochs:
-            for row in args.rows:
-                out = folder / f"{row}-{e}"
-                if row in ftonnx_rows:
-                    results[(row, e)] = ftonnx_row(pretrained, data, out, e, args.batch_size, ftonnx_rows[row])
-                elif row == "pytorch":
-                    results[(row, e)] = child_row("torch", {"data_args": data, "head": files["head"], "epochs": e,
-                                                            "batch_size": args.batch_size, "threads": THREADS,
-                                                            "out": str(out) + ".pt"})
-                else:
-                    continue
-                print(f"{row}, {e} epochs: {results[(row, e)][0]:.1f} s", file=sys.stderr, flush=True)
-        report(results, args.epochs)
+        runs: dict[tuple[str, int], list[tuple[float, float | None, str]]] = {}
+        for _ in range(args.repeat):
+            if "floor" in args.rows:
+                floor = {"data_args": data, "prefix": files["prefix"], "threads": THREADS}
+                runs.setdefault(("floor", 0), []).append(child_row("floor", floor))
+            for e in args.epochs:
+                for row in args.rows:
+                    key, out = (row, e), folder / f"{row}-{e}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    if row in FTONNX_ROWS:
+                        runs.setdefault(key, []).append(ftonnx_row(pretrained, data, out, e, args.batch_size,
+                                                                   FTONNX_ROWS[row](args.late)))
+                    elif row == "pytorch":
+                        runs.setdefault(key, []).append(child_row("torch", {
+                            "data_args": data, "head": files["head"], "epochs": e, "batch_size": args.batch_size,
+                            "threads": THREADS, "out": str(out) + ".pt"}))
+                    else:
+                        continue
+                    print(f"{row}, {e} epochs: {runs[key][-1][0]:.1f} s", file=sys.stderr, flush=True)
+        report({key: median_row(rows) for key, rows in runs.items()}, args.epochs)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 
 from ftonnx.errors import FtonnxError, first_line
 from ftonnx.files import TEMP_PREFIX, disk_full
+from ftonnx.graph.index import skeleton
 
 # Protobuf cannot hold a message over 2 GiB; past this the weights go to an external data file.
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -37,9 +38,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def check_model(model: onnx.ModelProto, what: str) -> None:
-    """onnx's full check of `model`; its first complaint becomes an FtonnxError about `what`."""
+    """onnx's full check (graph, node schemas, strict shape inference) of a model ftonnx built, on its
+    `skeleton`: its weights came from a model `ftonnx.graph.validate` checked or from numpy, and serialising
+    them again for every check costs more than the check; the first complaint becomes an FtonnxError about
+    `what`."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(skeleton(model), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError and others, depending on the check
         raise FtonnxError(f"{what} fails onnx's checker: {first_line(exc)}") from None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from ftonnx import isolated
 from ftonnx.errors import FtonnxError, first_line
@@ -94,6 +93,8 @@ def _fold(node: onnx.NodeProto, values: dict[str, np.ndarray], model: onnx.Model
         outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
         sub = helper.make_model(helper.make_graph([node], "fold", [], outputs, inits),
                                 opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        from onnx.reference import ReferenceEvaluator  # 30 ms to import, for the few graphs that need it
+
         return list(ReferenceEvaluator(sub).run(None, {}))
     except Exception:
         return None

@@ -5,10 +5,10 @@ onnx's shape inference and ONNX Runtime are C++ that crash outright on some malf
 whose weight has the wrong rank: SIGSEGV; a zero stride: SIGFPE). `check_structure` catches the known
 classes in Python and names the node: text that is not UTF-8, tensors whose data do not fit their
 shape or whose type is unknown, and the weight ranks and window attributes of convolutions, poolings,
-Gemm, MatMul and normalisations. `check_untrusted` then runs onnx's full check and shape inference in
-a forked child (`ftonnx.isolated`), so that any crash left becomes an error naming the first node whose
-inference crashes (`crashing_node`: bisecting the node list, one child per step). ONNX Runtime, which
-aborts on some graphs onnx accepts, gets the same treatment in `ftonnx.runtime`.
+Gemm, MatMul and normalisations. `check_untrusted` then runs onnx's full check and shape inference (on
+the graph's `skeleton`) in a forked child (`ftonnx.isolated`), so that any crash left becomes an error
+naming the first node whose inference crashes (`crashing_node`: bisecting the node list, one child per
+step). ONNX Runtime, which aborts on some graphs onnx accepts, gets the same treatment in `ftonnx.runtime`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from onnx import helper
 
 from ftonnx import isolated
 from ftonnx.errors import FtonnxError, first_line
-from ftonnx.graph.index import attributes, clone, is_onnx_op, value_shape
+from ftonnx.graph.index import attributes, clone, is_onnx_op, skeleton, value_shape
 
 _WINDOW_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
                "MaxUnpool", "MaxRoiPool"}
@@ -83,9 +83,13 @@ def check_inference(model: onnx.ModelProto, what: str) -> None:
 
 
 def _native_check(model: onnx.ModelProto) -> None:
+    """onnx's full check (strict shape inference included), then its inference with data propagation, on the
+    model's `skeleton`: the same graph, types and shapes without the bytes of the large weights, whose
+    consistency `check_structure` has checked (serialising them for onnx would double the time of a load)."""
     try:
-        onnx.checker.check_model(model, full_check=True)
-        onnx.shape_inference.infer_shapes(model, data_prop=True)
+        shapes_only = skeleton(model)
+        onnx.checker.check_model(shapes_only, full_check=True)
+        onnx.shape_inference.infer_shapes(shapes_only, data_prop=True)
     except Exception as exc:  # ValidationError, InferenceError and others, depending on the check
         raise FtonnxError(first_line(exc)) from None
 

@@ -124,7 +124,7 @@ class ActivationCache:
               preprocess: Preprocess | None = None, *, batch_size: int = 64, views: int = 1,
               augment: str = "none", seed: int = 0, mem_limit: int | None = None,
               spill_dir: str | os.PathLike | None = None, device: str = "cpu",
-              progress: Callable[[int], None] | None = None) -> "ActivationCache":
+              progress: Callable[[int], None] | None = None, session: Any = None) -> "ActivationCache":
         """Run `prefix` once over every image of `dataset` (`views` times, augmented, with `views > 1`).
 
         `preprocess` defaults to the prefix's metadata. View v is the Loader's epoch v (augmented with
@@ -132,7 +132,8 @@ class ActivationCache:
         generator seeded by (seed, v, i)). Tensors
         are kept in memory, in output order, while their total fits in `mem_limit` bytes (default
         `default_mem_limit()`); the rest go to .npy memory maps in `spill_dir`. The prefix runs on
-        `device`. `progress(k)` is called after each batch with the k images it added (tqdm's `update` fits).
+        `device`, in `session` when given (`prefix_session`'s, shared by the builds of one run). `progress(k)` is
+        called after each batch with the k images it added (tqdm's `update` fits).
         """
         if views < 1:
             raise FtonnxError(f"--cache-views must be at least 1, not {views}")
@@ -142,7 +143,7 @@ class ActivationCache:
         preprocess = preprocess or metadata.read(model).preprocess
         if preprocess is None:
             raise FtonnxError("the prefix model has no preprocessing in its metadata; pass one")
-        session = _session(model, device)
+        session = session or prefix_session(model, device)
         policy = "light" if augment == "none" and views > 1 else augment
         loader = Loader(dataset, preprocess, batch_size=batch_size, augment=policy, seed=seed)
         total = len(dataset.samples) * views
@@ -257,7 +258,7 @@ class Writer:
         self.store = {name: self.store[name] for name in batch}  # keep the prefix's output order
 
 
-def _session(model: onnx.ModelProto, device: str) -> Any:
+def prefix_session(model: onnx.ModelProto, device: str) -> Any:
     """A throughput session on `device` for a prefix with one image input: the forward is the heavy work."""
     inputs = GraphIndex(model).inputs
     if len(inputs) != 1:
