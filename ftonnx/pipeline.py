@@ -21,8 +21,9 @@ import contextlib
 import dataclasses
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -33,7 +34,7 @@ from ftonnx.errors import FtonnxError
 from ftonnx.export.inference import export_inference
 from ftonnx.export.qat import QatCalibration, calibrate_qat, int8_prefix
 from ftonnx.export.quantize import CALIBRATION_CAP, calibration_batches
-from ftonnx.graph.index import GraphIndex, clone
+from ftonnx.graph.index import GraphIndex, clone, value_shape
 from ftonnx.graph.split import split
 from ftonnx.preprocess import PreprocessFlags
 from ftonnx.preprocess.use import preprocess_for
@@ -41,7 +42,7 @@ from ftonnx.progress import Progress, log
 from ftonnx.runtime import check_device
 from ftonnx.train.artifacts import Artifacts
 from ftonnx.train.batches import Batches, CacheBatches, ImageBatches
-from ftonnx.train.cache import ActivationCache, default_mem_limit, plan, prefix_session
+from ftonnx.train.cache import ActivationCache, PrefixSession, default_mem_limit, plan
 from ftonnx.train.config import FEATURE_RMS, TrainConfig
 from ftonnx.train.freeze import trainable_parameters
 from ftonnx.train.loop import TrainResult
@@ -86,8 +87,8 @@ def train(model_path: str | os.PathLike, args: dict[str, Any], run_dir: str | os
             config, args, source = stored.config, stored.data_args, stored.source
         else:
             source = {"model": str(Path(model_path).absolute())}
-        datasets = _datasets(args)
-        model = _preprocessed(load(source["model"]), preprocess, datasets[0], source)
+        datasets, loaded = _datasets_and(args, load, source["model"])
+        model = _preprocessed(loaded, preprocess, datasets[0], source)
         return _run(model, datasets, run, RunRecord(config, args, source), stored, report)
 
 
@@ -110,8 +111,8 @@ def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str,
         else:
             source = {"pretrained": str(Path(pretrained).absolute()), "node": node_spec, "hidden": hidden,
                       "dropout": dropout, "last": last, "index": index}
-        datasets = _datasets(data_args)
-        original = _preprocessed(load(source["pretrained"]), preprocess, datasets[0], source)
+        datasets, loaded = _datasets_and(data_args, load, source["pretrained"])
+        original = _preprocessed(loaded, preprocess, datasets[0], source)
         backbone = cut(original, source["node"], last=source["last"], index=source["index"])
         model = add_head(backbone, len(datasets[0].classes), hidden=source["hidden"], dropout=source["dropout"],
                          seed=config.seed, labels=datasets[0].classes)
@@ -199,6 +200,19 @@ def _datasets(args: dict[str, Any]) -> tuple[Dataset, Dataset]:
     return train_set, val_set
 
 
+def _datasets_and(args: dict[str, Any], load: Callable[[str], onnx.ModelProto],
+                  path: str) -> tuple[tuple[Dataset, Dataset], onnx.ModelProto]:
+    """The data `args` describe, found (listed and every image's header read) in a thread while the model at
+    `path` loads in this one; a fault in the data is reported before one in the model, as if in turn."""
+    with ThreadPoolExecutor(1, thread_name_prefix="ftonnx-data") as pool:
+        found = pool.submit(_datasets, args)
+        try:
+            model = load(path)
+        finally:
+            datasets = found.result()
+    return datasets, model
+
+
 def _run(model: onnx.ModelProto, datasets: tuple[Dataset, Dataset], run: RunFolder, record: RunRecord,
          stored: RunRecord | None, report: bool) -> TrainResult:
     """Train `model` on images, through the cached prefix when it can (with `--qat`, fake-quantised and the
@@ -247,7 +261,7 @@ def _checked(model: onnx.ModelProto, train_set: Dataset) -> tuple[metadata.Meta,
                           "`ftonnx finetune`")
     check_classes(meta.labels, train_set.classes, hint="give a head for these classes (`ftonnx finetune`)")
     name = _image_input(model)
-    meta.preprocess.check_input(GraphIndex(model).shapes.get(name), name)
+    meta.preprocess.check_input(value_shape(next(i for i in model.graph.input if i.name == name)), name)
     return meta, name
 
 
@@ -373,7 +387,7 @@ def _build_caches(prefix: onnx.ModelProto, datasets: tuple[Dataset, Dataset], ru
     limit; each is closed (its spill files deleted) when `cleanup` closes."""
     caches: list[ActivationCache] = []
     limit = config.cache_mem or default_mem_limit()
-    session = prefix_session(prefix, config.device)
+    session = PrefixSession(prefix, config.device)  # opening while the first images decode
     for dataset, n in zip(datasets, (config.cache_views, 1)):
         with Progress(len(dataset.samples) * n, "caching activations") as bar:
             caches.append(cleanup.enter_context(contextlib.closing(ActivationCache.build(

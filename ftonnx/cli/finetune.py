@@ -37,10 +37,7 @@ def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidd
     RUN/model.onnx and write RUN/report.html. When the frozen part is a prefix (e.g. the default --freeze
     backbone) and nothing augments the images, it runs once per image and the rest trains on its cached
     activations."""
-    from ftonnx.export.edge import export_run
-    from ftonnx.export.report import format_table
     from ftonnx.pipeline import finetune, write_report
-    from ftonnx.train.run import RunFolder
 
     flags = preprocess_flags(opts)
     args, config = split_train_options(opts)
@@ -49,6 +46,10 @@ def command(pretrained: str, node_spec: str, last: bool, index: int | None, hidd
                       last=last, index=index, preprocess=flags, report=report and not export_variants)
     echo_result(result)
     if export_variants:
+        from ftonnx.export.edge import export_run  # the edge exports' imports, only when they are asked for
+        from ftonnx.export.report import format_table
+        from ftonnx.train.run import RunFolder
+
         out = RunFolder(result.run_dir).export_dir
         flags = {v.replace("-", "_"): v in export_variants for v in EXPORT_VARIANTS}
         click.echo(format_table(export_run(result.run_dir, out, **flags,

@@ -83,16 +83,15 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with the types and shapes of its intermediate tensors (data propagation on), inferred
-    on its `skeleton`; FtonnxError when inference fails."""
+    """`model`'s `skeleton` with the types and shapes of its tensors inferred (data propagation on) and the
+    graph inputs the model has (the weights it left out are the model's initializers); FtonnxError when
+    inference fails."""
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
     except Exception as exc:  # InferenceError, ValidationError, RuntimeError depending on the fault
         raise FtonnxError(f"onnx shape inference failed: {first_line(exc)}") from None
-    result = clone(model)
-    for field in ("node", "output", "value_info"):  # nodes: inference also types the tensors of subgraphs
-        assign(getattr(result.graph, field), getattr(inferred.graph, field))
-    return result
+    del inferred.graph.input[len(model.graph.input):]
+    return inferred
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> int:
@@ -245,7 +244,8 @@ class GraphIndex:
     # shapes and types
     @cached_property
     def inferred(self) -> onnx.ModelProto:
-        """The model with inferred types and shapes of its intermediate tensors (computed once)."""
+        """The model's graph with inferred types and shapes of its tensors, without its large weights (see
+        `infer_shapes`; computed once): read value infos from it, initializers from the model."""
         return infer_shapes(self.model)
 
     @cached_property
@@ -287,7 +287,7 @@ class GraphIndex:
         used = set(outputs) | {name for n in nodes for name in [*n.input, *n.output, *_subgraph_inputs(n)]}
         result = helper.make_model(
             helper.make_graph(nodes, self.model.graph.name, [infos[i] for i in inputs], [infos[o] for o in outputs],
-                              [t for t in graph.initializer if t.name in used],
+                              [t for t in self.model.graph.initializer if t.name in used],
                               value_info=[v for v in graph.value_info if v.name in used]),
             opset_imports=self.model.opset_import, functions=_functions(self.model, nodes))
         for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):

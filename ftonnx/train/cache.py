@@ -12,9 +12,10 @@ import os
 import shutil
 import tempfile
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -124,7 +125,8 @@ class ActivationCache:
               preprocess: Preprocess | None = None, *, batch_size: int = 64, views: int = 1,
               augment: str = "none", seed: int = 0, mem_limit: int | None = None,
               spill_dir: str | os.PathLike | None = None, device: str = "cpu",
-              progress: Callable[[int], None] | None = None, session: Any = None) -> "ActivationCache":
+              progress: Callable[[int], None] | None = None,
+              session: "PrefixSession | None" = None) -> "ActivationCache":
         """Run `prefix` once over every image of `dataset` (`views` times, augmented, with `views > 1`).
 
         `preprocess` defaults to the prefix's metadata. View v is the Loader's epoch v (augmented with
@@ -132,8 +134,8 @@ class ActivationCache:
         generator seeded by (seed, v, i)). Tensors
         are kept in memory, in output order, while their total fits in `mem_limit` bytes (default
         `default_mem_limit()`); the rest go to .npy memory maps in `spill_dir`. The prefix runs on
-        `device`, in `session` when given (`prefix_session`'s, shared by the builds of one run). `progress(k)` is
-        called after each batch with the k images it added (tqdm's `update` fits).
+        `device`, in `session` when given (shared by the builds of one run). `progress(k)` is called after each
+        batch with the k images it added (tqdm's `update` fits).
         """
         if views < 1:
             raise FtonnxError(f"--cache-views must be at least 1, not {views}")
@@ -143,7 +145,7 @@ class ActivationCache:
         preprocess = preprocess or metadata.read(model).preprocess
         if preprocess is None:
             raise FtonnxError("the prefix model has no preprocessing in its metadata; pass one")
-        session = session or prefix_session(model, device)
+        session = session or PrefixSession(model, device)
         policy = "light" if augment == "none" and views > 1 else augment
         loader = Loader(dataset, preprocess, batch_size=batch_size, augment=policy, seed=seed)
         total = len(dataset.samples) * views
@@ -156,16 +158,14 @@ class ActivationCache:
         return cls(writer.arrays(), labels, views, writer.files)
 
 
-def _fill(session: Any, loader: Loader, views: int, writer: "Writer",
+def _fill(prefix: "PrefixSession", loader: Loader, views: int, writer: "Writer",
           progress: Callable[[int], None] | None) -> np.ndarray:
     """Run the prefix over `views` epochs of `loader` into `writer`; the labels of one view."""
-    name, _ = image_input(session)
-    outputs = [o.name for o in session.get_outputs()]
     labels = None
     for v in range(views):
         seen: list[np.ndarray] = []
-        for x, y in loader.epoch(v):
-            writer.write(dict(zip(outputs, session.run(outputs, {name: x}))))
+        for x, y in loader.epoch(v):  # the first batch decodes while the session opens
+            writer.write(prefix.run(x))
             seen.append(y)
             if progress is not None:
                 progress(len(y))
@@ -258,12 +258,26 @@ class Writer:
         self.store = {name: self.store[name] for name in batch}  # keep the prefix's output order
 
 
-def prefix_session(model: onnx.ModelProto, device: str) -> Any:
-    """A throughput session on `device` for a prefix with one image input: the forward is the heavy work."""
-    inputs = GraphIndex(model).inputs
-    if len(inputs) != 1:
-        raise FtonnxError(f"the prefix must have one image input to cache its activations, not {len(inputs)}")
-    return inference_session(model, providers=providers(device), throughput=True)
+class PrefixSession:
+    """The throughput session of a prefix with one image input on `device`, opened in a background thread
+    from the moment this is made: ONNX Runtime's graph optimisation of a backbone takes tens of
+    milliseconds, which the first images' decoding overlaps. `session()` waits for it (and raises what
+    opening it raised)."""
+
+    def __init__(self, model: onnx.ModelProto, device: str) -> None:
+        inputs = GraphIndex(model).inputs
+        if len(inputs) != 1:
+            raise FtonnxError(f"the prefix must have one image input to cache its activations, not {len(inputs)}")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ftonnx-session")
+        self._opening = pool.submit(inference_session, model, providers=providers(device), throughput=True)
+        pool.shutdown(wait=False)  # the thread ends once the session is open
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """{output name: activations} of the batch `x` (waiting for the session the first time)."""
+        session = self._opening.result()
+        name, _ = image_input(session)
+        outputs = [o.name for o in session.get_outputs()]
+        return dict(zip(outputs, session.run(outputs, {name: x})))
 
 
 def _remove(files: list[Path]) -> None:

@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ftonnx import folders
 from ftonnx.data import discover
@@ -269,13 +269,14 @@ class RunFolder:
         the run stops early after this epoch); returns `last`."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch:04d}.ckpt"
-        _save_checkpoint(state, self.checkpoints / name, self._checkpoint_estimate())
+        _save_checkpoint(state, self.checkpoints / name, self._checkpoint_estimate)
         sidecar = {"epoch": epoch, "step": step, "checkpoint": name, "best": best}
         if is_best:
             write_text_atomic(self.checkpoints / "best.json", json.dumps(sidecar, indent=1))
         sidecar.update({"stopped": stopped} if stopped else {})
         write_text_atomic(self.checkpoints / "last.json", json.dumps(sidecar, indent=1))
-        named = {s["checkpoint"] for s in (self.sidecar("last"), self.sidecar("best")) if s}
+        kept_best = None if is_best else self.sidecar("best")
+        named = {name, *([kept_best["checkpoint"]] if kept_best else [])}
         for stale in self.checkpoints.glob("*.ckpt"):
             if stale.name not in named and _CHECKPOINT.fullmatch(stale.name):
                 stale.unlink()
@@ -346,8 +347,9 @@ def _load_checkpoint(path: Path) -> Any:
         raise FtonnxError(f"{path} is damaged ({first_line(exc).split(' : ')[-1][:200]})") from None
 
 
-def _save_checkpoint(state: Any, path: Path, estimate: int) -> None:
-    """Write `state` to `path` through a temporary file; a failure (a full disk) leaves nothing behind."""
+def _save_checkpoint(state: Any, path: Path, estimate: Callable[[], int]) -> None:
+    """Write `state` to `path` through a temporary file; a failure (a full disk) leaves nothing behind and
+    says how much space a checkpoint takes (`estimate()`)."""
     from onnxruntime.training.api import CheckpointState
 
     tmp = path.with_name(f"{TEMP_PREFIX}{path.name}")
@@ -355,7 +357,7 @@ def _save_checkpoint(state: Any, path: Path, estimate: int) -> None:
         CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
         os.replace(tmp, path)
     except Exception as exc:  # ORT reports a failed write as RuntimeError, the rename as OSError
-        need = max(estimate, tmp.stat().st_size if tmp.exists() else 0)
+        need = max(estimate(), tmp.stat().st_size if tmp.exists() else 0)
         folders.remove(tmp)
         free = size(shutil.disk_usage(path.parent).free)
         raise FtonnxError(f"{path}: could not save the checkpoint ({first_line(exc).split(' : ')[-1][:200]}); it "
