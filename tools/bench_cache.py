@@ -213,7 +213,7 @@ def report(results: dict[tuple[str, int], tuple[float, float | None, str]], epoc
     for e in epochs:
         for slow, fast, target in (("pytorch", "cache", "issue: >= 20 at 30 epochs, >= 8 at 5"),
                                    ("nocache", "cache", "the cache's own gain"),
-                                   ("cache", "floor", "issue: <= 1.5"),
+                                   ("cache", "floor", "issue 4: <= 1.5; issue 17: <= 1.1"),
                                    ("late-nocache", "late-cache", "issue: >= 3, top-1 within 1 point")):
             a, b = results.get((slow, e)), floor if fast == "floor" else results.get((fast, e))
             if a and b:

@@ -11,8 +11,24 @@ from ftonnx.errors import FtonnxError, printable
 
 
 class _Group(click.Group):
-    """Turns FtonnxError and a command's bad options into one line on stderr (control characters escaped) and
+    """The commands are the public modules of this package, one module per command or group (modules named
+    `_...` hold what several commands share), each imported only when its command runs or `--help` lists it,
+    so that a command's start-up pays for its own imports alone.
+
+    Turns FtonnxError and a command's bad options into one line on stderr (control characters escaped) and
     exit code 2, never a traceback or a usage screen (`--help` shows that)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        import pkgutil
+
+        return sorted(i.name for i in pkgutil.iter_modules(__path__) if not i.name.startswith("_"))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        import importlib
+
+        if cmd_name not in self.list_commands(ctx):
+            return None
+        return importlib.import_module(f"{__name__}.{cmd_name}").command
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,19 +46,3 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="ftonnx")
 def main() -> None:
     """Finetune a pretrained ONNX model from any framework and export it for the edge."""
-
-
-def _register() -> None:
-    """Add the `command` of every public module in this package: one module per command or group
-    (modules named `_...` hold what several commands share)."""
-    import importlib
-    import pkgutil
-
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        main.add_command(module.command)
-
-
-_register()
