@@ -18,7 +18,6 @@ from ftonnx import metadata
 from ftonnx.data import discover
 from ftonnx.evaluate import evaluate
 from ftonnx.pipeline import finetune
-from ftonnx.report import page as report_page
 from ftonnx.report.contents import schedule_points
 from ftonnx.train.config import TrainConfig
 from ftonnx.train.run import RunFolder
@@ -30,6 +29,7 @@ from helpers import build_tiny_model, cli, hostile_data, make_folder
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> RunFolder:
     """A finished 3-epoch run of the tiny model on the hostile labels, with its report."""
+    needs_matplotlib()
     root = tmp_path_factory.mktemp("hostile")
     (root / "tiny.onnx").write_bytes(build_tiny_model().SerializeToString())
     result = finetune(root / "tiny.onnx", "auto", hostile_data(root), root / "run",
@@ -38,11 +38,17 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> RunFolder:
     return RunFolder(root / "run")
 
 
+def needs_matplotlib() -> None:
+    pytest.importorskip("matplotlib", reason="the report's pictures need matplotlib: pip install 'ftonnx[report]'")
+
+
 def figure(page: str, key: str) -> str:
     return re.search(rf'<b id="{key}">([^<]+)</b>', page)[1]
 
 
 def test_a_run_writes_a_page_and_both_pictures_that_show_what_its_model_does(hostile_run: RunFolder) -> None:
+    from ftonnx.report import page as report_page  # imports matplotlib, which the fixture checked for
+
     page = hostile_run.report_path.read_text(encoding="utf-8")
     for picture in (hostile_run.curves_path, hostile_run.confusion_path):
         assert Image.open(picture).format == "PNG"
@@ -133,6 +139,7 @@ def test_report_command_refuses_what_is_not_a_finished_run(tmp_path: Path, case:
 
 
 def test_eval_report_for_a_hundred_classes_lists_the_confused_pairs(tmp_path: Path) -> None:
+    needs_matplotlib()
     labels = [f"class {i:02d} \"q\" é" for i in range(100)]
     model = metadata.update(build_tiny_model(num_classes=100), labels=labels)
     (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
