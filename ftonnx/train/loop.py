@@ -36,7 +36,7 @@ from ftonnx.train.probe import check_training_step, needs_probe
 from ftonnx.train.qat import scale_gain
 from ftonnx.train.run import KIND, RunFolder, RunRecord
 from ftonnx.train.schedule import learning_rate
-from ftonnx.train.session import TrainingSession
+from ftonnx.train.session import TrainingSession, threads_for
 from ftonnx.train.strategy import plan_strategy
 
 
@@ -85,7 +85,8 @@ def _session(model: onnx.ModelProto, batches: Batches, run: RunFolder, config: T
           or bool(manifest.get("qat")) != (qat is not None)):
         raise FtonnxError(f"{run} was trained with other --freeze/--optimizer/--qat options; resume with the same")
     try:
-        return TrainingSession(artifacts, run.checkpoint_path(last) if last else artifacts.checkpoint, config.device)
+        return TrainingSession(artifacts, run.checkpoint_path(last) if last else artifacts.checkpoint, config.device,
+                               threads=threads_for(model))
     except Exception as exc:  # ORT's RuntimeError on a damaged training, eval or optimizer model
         raise FtonnxError(f"{artifacts.folder}: ONNX Runtime cannot load it ({first_line(exc).split(' : ')[-1]}); "
                           f"remove {artifacts.folder} and resume again to build it anew") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import onnx
 
 from ftonnx.errors import FtonnxError
 from ftonnx.progress import Progress
@@ -19,6 +20,7 @@ from ftonnx.train.artifacts import LOGITS, Artifacts
 
 Batch = tuple[dict[str, np.ndarray], np.ndarray]
 LABELS = "labels"
+SMALL_GRAPH_VALUES = 100_000  # a graph with fewer weight values than this trains on one intra-op thread
 
 
 def draw_mask(spec: dict, batch: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -36,6 +38,14 @@ def cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> float:
     top = z.max(axis=1, keepdims=True)
     log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
     return float((log_norm - z[np.arange(len(labels)), labels]).sum())
+
+
+def threads_for(model: onnx.ModelProto) -> int | None:
+    """One intra-op thread for a small graph (a head trained on cached features: a second thread's wake-ups
+    and spinning between steps cost more than its share of the work, and slow the checkpoint written after
+    each epoch); None, every core, otherwise."""
+    values = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    return 1 if values < SMALL_GRAPH_VALUES else None
 
 
 class TrainingSession:
