@@ -47,6 +47,7 @@ PAGE_JS = """(() => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Chromium]:
+    pytest.importorskip("matplotlib", reason="the report's pictures need matplotlib: pip install 'ftonnx[report]'")
     if find_chromium() is None:
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail("REQUIRE_BROWSER=1 but no Chromium: apt-get install chromium, or set CHROMIUM")

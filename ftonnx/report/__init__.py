@@ -43,12 +43,11 @@ def write_run_report(run_dir: str | os.PathLike, *, export_dir: str | os.PathLik
     """Write RUN/report.html, RUN/curves.png and RUN/confusion.png for a finished run: RUN/model.onnx
     evaluated on the run's validation set, its epochs, options, data, timing and cache, and the export in
     `export_dir` (default: RUN/export when it holds a report.json). Returns the page's path."""
-    from ftonnx.report.contents import run_contents
+    from ftonnx.report.contents import finished, run_contents
 
-    require()
     run = RunFolder(run_dir)
-    if not run.path.is_dir():
-        raise FtonnxError(f"{run}: no such run folder")
+    finished(run)  # what the user named is checked first, then what is installed
+    require()
     start = time.monotonic()
     path = _write(run, run_contents(run, export_dir))
     log(f"report: {path} ({time.monotonic() - start:.1f} s)")

@@ -107,12 +107,20 @@ def evaluated(model: str | os.PathLike, dataset: Dataset, batch_size: int,
     return result, predictions, time.monotonic() - start
 
 
-def run_contents(run: RunFolder, export_dir: str | os.PathLike | None) -> Contents:
-    """A run's report: RUN/model.onnx evaluated on the run's validation set, its epochs and options, and
-    the export in `export_dir` (default RUN/export when it holds a report)."""
+def finished(run: RunFolder) -> tuple[RunRecord, list[dict[str, Any]]]:
+    """The run's record and metrics; FtonnxError unless it is a folder with a finished training."""
+    if not run.path.is_dir():
+        raise FtonnxError(f"{run}: no such run folder")
     record, metrics = run.read_record(), run.read_metrics()
     if not run.model_path.is_file() or not any(m.get("best") for m in metrics):
         raise FtonnxError(f"{run}: no finished training (model.onnx and metrics.jsonl); run ftonnx finetune first")
+    return record, metrics
+
+
+def run_contents(run: RunFolder, export_dir: str | os.PathLike | None) -> Contents:
+    """A run's report: RUN/model.onnx evaluated on the run's validation set, its epochs and options, and
+    the export in `export_dir` (default RUN/export when it holds a report)."""
+    record, metrics = finished(run)
     export = read_export(export_dir or run.export_dir, required=export_dir is not None)
     try:
         train, val = discover(**record.data_args)
