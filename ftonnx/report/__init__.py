@@ -46,10 +46,10 @@ def write_run_report(run_dir: str | os.PathLike, *, export_dir: str | os.PathLik
     from ftonnx.report.contents import finished, run_contents
 
     run = RunFolder(run_dir)
-    finished(run)  # what the user named is checked first, then what is installed
+    record, metrics = finished(run)  # what the user named is checked first, then what is installed
     require()
     start = time.monotonic()
-    path = _write(run, run_contents(run, export_dir))
+    path = _write(run, run_contents(run, record, metrics, export_dir))
     log(f"report: {path} ({time.monotonic() - start:.1f} s)")
     return path
 

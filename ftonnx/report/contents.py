@@ -117,10 +117,11 @@ def finished(run: RunFolder) -> tuple[RunRecord, list[dict[str, Any]]]:
     return record, metrics
 
 
-def run_contents(run: RunFolder, export_dir: str | os.PathLike | None) -> Contents:
-    """A run's report: RUN/model.onnx evaluated on the run's validation set, its epochs and options, and
-    the export in `export_dir` (default RUN/export when it holds a report)."""
-    record, metrics = finished(run)
+def run_contents(run: RunFolder, record: RunRecord, metrics: list[dict[str, Any]],
+                 export_dir: str | os.PathLike | None) -> Contents:
+    """A finished run's report (`record` and `metrics` as `finished` read them): RUN/model.onnx evaluated on
+    the run's validation set, its epochs and options, and the export in `export_dir` (default RUN/export when
+    it holds a report)."""
     export = read_export(export_dir or run.export_dir, required=export_dir is not None)
     try:
         train, val = discover(**record.data_args)

@@ -14,8 +14,9 @@ import tempfile
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -261,7 +262,7 @@ class Writer:
 class PrefixSession:
     """The throughput session of a prefix with one image input on `device`, opened in a background thread
     from the moment this is made: ONNX Runtime's graph optimisation of a backbone takes tens of
-    milliseconds, which the first images' decoding overlaps. `session()` waits for it (and raises what
+    milliseconds, which the first images' decoding overlaps. The first `run` waits for it (and raises what
     opening it raised)."""
 
     def __init__(self, model: onnx.ModelProto, device: str) -> None:
@@ -272,11 +273,15 @@ class PrefixSession:
         self._opening = pool.submit(inference_session, model, providers=providers(device), throughput=True)
         pool.shutdown(wait=False)  # the thread ends once the session is open
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """{output name: activations} of the batch `x` (waiting for the session the first time)."""
+    @cached_property
+    def _opened(self) -> tuple[Any, str, list[str]]:
+        """The open session, its image input and its outputs."""
         session = self._opening.result()
-        name, _ = image_input(session)
-        outputs = [o.name for o in session.get_outputs()]
+        return session, image_input(session)[0], [o.name for o in session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """{output name: activations} of the batch `x`."""
+        session, name, outputs = self._opened
         return dict(zip(outputs, session.run(outputs, {name: x})))
 
 
