@@ -36,6 +36,13 @@ def require_torch():
     return pytest.importorskip("torch", reason="needs torch (pip install 'ftonnx[zoo]')")
 
 
+def require_matplotlib() -> None:
+    """Skip the test without matplotlib: the report's pictures need the `report` extra."""
+    import pytest
+
+    pytest.importorskip("matplotlib", reason="the report's pictures need matplotlib (pip install 'ftonnx[report]')")
+
+
 def write_colours(root: Path, train: int, val: int) -> Path:
     """train/ and val/ with 3 classes of noisy, mostly one-colour 40x40 images (`train` + `val` of each)."""
     rng = np.random.default_rng(0)

@@ -23,23 +23,19 @@ from ftonnx.train.config import TrainConfig
 from ftonnx.train.run import RunFolder
 from ftonnx.train.schedule import learning_rate
 
-from helpers import build_tiny_model, cli, hostile_data, make_folder
+from helpers import build_tiny_model, cli, hostile_data, make_folder, require_matplotlib
 
 
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> RunFolder:
     """A finished 3-epoch run of the tiny model on the hostile labels, with its report."""
-    needs_matplotlib()
+    require_matplotlib()
     root = tmp_path_factory.mktemp("hostile")
     (root / "tiny.onnx").write_bytes(build_tiny_model().SerializeToString())
     result = finetune(root / "tiny.onnx", "auto", hostile_data(root), root / "run",
                       TrainConfig(epochs=3, batch_size=8))
     assert result.report_path == RunFolder(root / "run").report_path
     return RunFolder(root / "run")
-
-
-def needs_matplotlib() -> None:
-    pytest.importorskip("matplotlib", reason="the report's pictures need matplotlib: pip install 'ftonnx[report]'")
 
 
 def figure(page: str, key: str) -> str:
@@ -139,7 +135,7 @@ def test_report_command_refuses_what_is_not_a_finished_run(tmp_path: Path, case:
 
 
 def test_eval_report_for_a_hundred_classes_lists_the_confused_pairs(tmp_path: Path) -> None:
-    needs_matplotlib()
+    require_matplotlib()
     labels = [f"class {i:02d} \"q\" é" for i in range(100)]
     model = metadata.update(build_tiny_model(num_classes=100), labels=labels)
     (tmp_path / "m.onnx").write_bytes(model.SerializeToString())

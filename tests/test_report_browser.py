@@ -19,7 +19,7 @@ from ftonnx.train.config import TrainConfig
 from ftonnx.train.run import RunFolder
 
 from browser import Chromium, find_chromium
-from helpers import build_tiny_model, cli, hostile_data
+from helpers import build_tiny_model, cli, hostile_data, require_matplotlib
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ PAGE_JS = """(() => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Chromium]:
-    pytest.importorskip("matplotlib", reason="the report's pictures need matplotlib: pip install 'ftonnx[report]'")
+    require_matplotlib()
     if find_chromium() is None:
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail("REQUIRE_BROWSER=1 but no Chromium: apt-get install chromium, or set CHROMIUM")
