@@ -48,9 +48,6 @@ HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 MODEL = "efficientnet-lite0"
 LATE = "/_blocks.14/Add"  # the output of the second-to-last block: block 15, _conv_head and the head train
 ROWS = ("cache", "nocache", "pytorch", "floor", "late-cache", "late-nocache")
-FTONNX_ROWS = {"cache": lambda late: [], "nocache": lambda late: ["--no-cache"],
-               "late-cache": lambda late: ["--freeze", f"until:{late}", "--no-augment"],
-               "late-nocache": lambda late: ["--freeze", f"until:{late}", "--no-augment", "--no-cache"]}
 THREADS = os.cpu_count() or 1
 
 
@@ -245,6 +242,9 @@ def main() -> None:
         pretrained = Path(files["pretrained"])
         print(f"{MODEL}, {args.data}{f' (first {args.limit} images per split)' if args.limit else ''}, "
               f"batch {args.batch_size}, {THREADS} threads, AdamW with ftonnx's default lr and schedule\n", flush=True)
+        ftonnx_rows = {"cache": [], "nocache": ["--no-cache"],
+                       "late-cache": ["--freeze", f"until:{args.late}", "--no-augment"],
+                       "late-nocache": ["--freeze", f"until:{args.late}", "--no-augment", "--no-cache"]}
         runs: dict[tuple[str, int], list[tuple[float, float | None, str]]] = {}
         for _ in range(args.repeat):
             if "floor" in args.rows:
@@ -254,9 +254,9 @@ def main() -> None:
                 for row in args.rows:
                     key, out = (row, e), folder / f"{row}-{e}"
                     shutil.rmtree(out, ignore_errors=True)
-                    if row in FTONNX_ROWS:
+                    if row in ftonnx_rows:
                         runs.setdefault(key, []).append(ftonnx_row(pretrained, data, out, e, args.batch_size,
-                                                                   FTONNX_ROWS[row](args.late)))
+                                                                   ftonnx_rows[row]))
                     elif row == "pytorch":
                         runs.setdefault(key, []).append(child_row("torch", {
                             "data_args": data, "head": files["head"], "epochs": e, "batch_size": args.batch_size,
