@@ -23,7 +23,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -32,9 +32,7 @@ from ftonnx import cluster, folders, metadata
 from ftonnx.data import Dataset, Loader, check_classes, discover
 from ftonnx.errors import FtonnxError
 from ftonnx.export.inference import export_inference
-from ftonnx.export.qat import QatCalibration, calibrate_qat, int8_prefix
-from ftonnx.export.quantize import CALIBRATION_CAP, calibration_batches
-from ftonnx.graph.index import GraphIndex, clone, value_shape
+from ftonnx.graph.index import GraphIndex, value_shape
 from ftonnx.graph.split import split
 from ftonnx.preprocess import PreprocessFlags
 from ftonnx.preprocess.use import preprocess_for
@@ -50,6 +48,9 @@ from ftonnx.train.loop import train as train_loop
 from ftonnx.train.qat import learned_ranges
 from ftonnx.train.run import RunFolder, RunRecord
 from ftonnx.train.strategy import idle_options, plan_strategy
+
+if TYPE_CHECKING:  # --qat's modules load only for a --qat run
+    from ftonnx.export.qat import QatCalibration
 
 RUN_SIZE_FACTOR = 4  # a run folder holds about this many copies of the model: artifacts, two checkpoints, model.onnx
 
@@ -121,14 +122,15 @@ def finetune(pretrained: str | os.PathLike, node_spec: str, data_args: dict[str,
 
 def _preprocessed(model: onnx.ModelProto, flags: PreprocessFlags | None, images: Dataset,
                   source: dict[str, Any]) -> onnx.ModelProto:
-    """`model` with the preprocessing the run feeds it in its metadata: from its metadata, input shape and
-    the flags (`auto` chooses on `images`), decided once and kept in `source`, which a resume reuses."""
+    """`model` itself (fresh from its file) with the preprocessing the run feeds it in its metadata: from its
+    metadata, input shape and the flags (`auto` chooses on `images`), decided once and kept in `source`, which a
+    resume reuses."""
     if "preprocess" in source:
         chosen = metadata.Preprocess.from_json(source["preprocess"])
     else:
         chosen = preprocess_for(model, flags, images, say=log)
         source["preprocess"] = chosen.to_json()
-    return metadata.update(clone(model), preprocess=chosen)
+    return metadata.update(model, preprocess=chosen)
 
 
 @contextlib.contextmanager
@@ -268,6 +270,9 @@ def _checked(model: onnx.ModelProto, train_set: Dataset) -> tuple[metadata.Meta,
 def _qat_calibration(model: onnx.ModelProto, train_set: Dataset, run: RunFolder, resuming: bool) -> QatCalibration:
     """`--qat`'s int8 calibration: on the training images as `ftonnx export --int8` calibrates, recorded in
     RUN/quantisation.json; a resumed run reuses the record, so that it trains with the very same scales."""
+    from ftonnx.export.qat import calibrate_qat
+    from ftonnx.export.quantize import CALIBRATION_CAP, calibration_batches
+
     stored = run.read_quantisation() if resuming else None
     count = min(CALIBRATION_CAP, len(train_set.samples))
     start = time.monotonic()
@@ -358,6 +363,8 @@ def _cached(model: onnx.ModelProto, cut: list[str], datasets: tuple[Dataset, Dat
     except FtonnxError as exc:
         raise FtonnxError(f"{exc}; pass --no-cache to train through the whole graph") from None
     if qat is not None:
+        from ftonnx.export.qat import int8_prefix
+
         prefix = int8_prefix(qat, cut)
     config, (train_set, val_set) = record.config, datasets
     views = config.cache_views

@@ -43,6 +43,16 @@ def test_constant_weights_become_initializers_and_ir_is_raised():
     assert "raised IR version 5 to 7 (the minimum for its opsets)" in changes
 
 
+@pytest.mark.parametrize("kind", ["constant_weights", "tf_style"])
+def test_normalize_leaves_the_callers_model_alone_unless_told(kind):
+    raw = getattr(exporters, kind)()
+    before = raw.SerializeToString()
+    copied, changes = normalize(raw)
+    assert changes and raw.SerializeToString() == before
+    edited, same_changes = normalize(raw, copy=False)
+    assert same_changes == changes and edited.SerializeToString() == copied.SerializeToString()
+
+
 def test_tensorflow_names_and_layout_survive():
     model, _ = normalize(exporters.tf_style())
     assert model.graph.input[0].name == "serving_default_input_1:0"

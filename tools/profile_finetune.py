@@ -4,7 +4,8 @@ Runs `ftonnx finetune MODEL --node auto --data DATA --epochs N --no-report` --ru
 process that wraps the pipeline's stages with timers, and prints a table of each stage's median start and
 wall time: the imports, finding the data and loading the model (overlapped), the graph surgery, the
 activation cache (decoding and the frozen prefix, the floor's work), the head's training and the export.
-What is not the cache is the fixed cost `tools/bench_cache.py` compares with its floor.
+What is not the cache is the fixed cost `tools/bench_cache.py` compares with its floor. ftonnx's bytecode is
+written first, as an installed wheel has it.
 
     python tools/profile_finetune.py                       # the zoo's EfficientNet-Lite0 on hymenoptera
     python tools/profile_finetune.py --model lite0.onnx --runs 3
@@ -88,6 +89,9 @@ def main() -> None:
     if args.child is not None:
         child(args.child)
         return
+    from _bench import compile_bytecode
+
+    compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="profile-finetune-") as tmp:
         model = args.model
         if model is None:

@@ -12,7 +12,7 @@ from ftonnx.graph.normalize import normalize
 
 def load_reporting(path: str | os.PathLike) -> tuple[onnx.ModelProto, list[str]]:
     """Load and normalise a model, also returning what normalising changed (for `inspect`)."""
-    return normalize(load_model(path), str(path))
+    return normalize(load_model(path), str(path), copy=False)
 
 
 def load(path: str | os.PathLike) -> onnx.ModelProto:

@@ -285,13 +285,18 @@ class GraphIndex:
             raise FtonnxError(f"onnx shape inference could not type {untyped!r}; cut at another node")
         nodes = [graph.node[self.position(n)] for n in self.upstream(outputs, stop=inputs)]
         used = set(outputs) | {name for n in nodes for name in [*n.input, *n.output, *_subgraph_inputs(n)]}
-        result = helper.make_model(
-            helper.make_graph(nodes, self.model.graph.name, [infos[i] for i in inputs], [infos[o] for o in outputs],
-                              [t for t in self.model.graph.initializer if t.name in used],
-                              value_info=[v for v in graph.value_info if v.name in used]),
-            opset_imports=self.model.opset_import, functions=_functions(self.model, nodes))
+        result = onnx.ModelProto()  # filled in place: make_graph and make_model would each copy the weights again
         for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
             setattr(result, field, getattr(self.model, field))
+        result.opset_import.extend(self.model.opset_import)
+        result.functions.extend(_functions(self.model, nodes))
+        target = result.graph
+        target.name = self.model.graph.name
+        target.node.extend(nodes)
+        target.input.extend(infos[i] for i in inputs)
+        target.output.extend(infos[o] for o in outputs)
+        target.initializer.extend(t for t in self.model.graph.initializer if t.name in used)
+        target.value_info.extend(v for v in graph.value_info if v.name in used)
         return result
 
     # building

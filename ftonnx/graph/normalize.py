@@ -156,8 +156,11 @@ def lift_ir_version(model: onnx.ModelProto) -> int | None:
     return old
 
 
-def normalize(model: onnx.ModelProto, what: str = "the model") -> tuple[onnx.ModelProto, list[str]]:
-    """Return the tidied model and one line per change made (empty when it was already tidy).
+def normalize(model: onnx.ModelProto, what: str = "the model", *,
+              copy: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+    """Return the tidied model and one line per change made (empty when it was already tidy). With `copy` False
+    the passes may edit `model` on the way, which saves copying the weights: for a model nobody else holds (fresh
+    from its file); use the model returned.
 
     The model is untrusted: it is checked in Python before the passes and by onnx's full check in a
     child process after them (`ftonnx.graph.validate`), so that a malformed one is an FtonnxError about
@@ -165,7 +168,8 @@ def normalize(model: onnx.ModelProto, what: str = "the model") -> tuple[onnx.Mod
     """
     changes: list[str] = []
     check_structure(model, what)
-    model = clone(model)
+    if copy:
+        model = clone(model)
     if n := inputs_backed_by_initializers(model):
         changes.append(f"dropped {n} graph inputs that only declared initializers")
     if n := constants_to_initializers(model):
@@ -183,5 +187,5 @@ def normalize(model: onnx.ModelProto, what: str = "the model") -> tuple[onnx.Mod
         changes.append(f"lifted opset {old} to {TRAINING_MIN_OPSET} (ONNX Runtime training's floor)")
     if (old_ir := lift_ir_version(model)) is not None:
         changes.append(f"raised IR version {old_ir} to {model.ir_version} (the minimum for its opsets)")
-    check_untrusted(model, what)
+    check_untrusted(model, what, structure=bool(changes))  # unchanged: its structure was checked above
     return model, changes

@@ -57,10 +57,12 @@ def _check_structure(model: onnx.ModelProto) -> None:
             _check_node(node, ranks)
 
 
-def check_untrusted(model: onnx.ModelProto, what: str) -> None:
-    """`check_structure`, then onnx's full check and shape inference (with data propagation, as
-    `GraphIndex.shapes` runs it) in a child process; FtonnxError about `what` on any fault or crash."""
-    check_structure(model, what)
+def check_untrusted(model: onnx.ModelProto, what: str, *, structure: bool = True) -> None:
+    """`check_structure` (unless `structure` is False: it has passed on this very model), then onnx's full check
+    and shape inference (with data propagation, as `GraphIndex.shapes` runs it) in a child process; FtonnxError
+    about `what` on any fault or crash."""
+    if structure:
+        check_structure(model, what)
     try:
         isolated.run(lambda: _native_check(model))
     except isolated.Crashed as crash:
