@@ -57,10 +57,11 @@ def child(argv: list[str]) -> None:
             owner = getattr(owner, part)
         timings[label] = [0.0, 0.0]
         setattr(owner, name, _timed(getattr(owner, name), timings[label], start))
-    from ftonnx.cli import main
+    from ftonnx.cli import run
 
+    sys.argv = ["ftonnx", *argv]
     try:
-        main(argv, standalone_mode=False)
+        run()  # as the console script runs it
     finally:
         timings["end of process work"] = [time.perf_counter() - start, 0.0]
         print(json.dumps(timings))
