@@ -9,6 +9,7 @@ an index describes the graph as it was when built, so build a new one after an e
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from functools import cached_property
@@ -74,7 +75,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         getattr(target, field).extend(getattr(graph, field))
     inputs = {i.name for i in graph.input}
     for tensor in graph.initializer:
-        if tensor.data_type in FLOAT_TYPES and np.prod(tensor.dims) >= SKELETON_MIN_VALUES:
+        if tensor.data_type in FLOAT_TYPES and math.prod(tensor.dims) >= SKELETON_MIN_VALUES:
             if tensor.name not in inputs:
                 target.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         else:

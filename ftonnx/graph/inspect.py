@@ -8,10 +8,10 @@ apart by their output being multiplied back into the very feature map they poole
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Any
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -149,7 +149,7 @@ def summarize(model: onnx.ModelProto, *, changes: list[str] | tuple[str, ...] = 
         "inputs": _io(model.graph.input),
         "outputs": _io(model.graph.output),
         "node_count": len(model.graph.node),
-        "parameter_count": int(sum(np.prod(t.dims, dtype=np.int64) for t in float_inits)),
+        "parameter_count": sum(math.prod(t.dims) for t in float_inits),
         "initializer_count": len(model.graph.initializer),
         "op_counts": dict(Counter(n.op_type for n in model.graph.node).most_common()),
         "metadata": {"num_classes": meta.num_classes, "preprocess": meta.preprocess and meta.preprocess.to_json(),

@@ -13,9 +13,9 @@ step). ONNX Runtime, which aborts on some graphs onnx accepts, gets the same tre
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 from onnx import helper
 
@@ -151,7 +151,7 @@ def _check_tensor(tensor: onnx.TensorProto, where: str) -> None:
         raise FtonnxError(f"{where}: negative dimension in {list(tensor.dims)}")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return  # external data that could not be read has failed to load already
-    count = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
+    count = math.prod(tensor.dims)  # exact, however large: Python's integers do not overflow
     if tensor.HasField("raw_data"):
         itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         expected = -(-count // 2) if tensor.data_type in _PACKED else count * itemsize

@@ -7,6 +7,7 @@ for evaluation), so a resumed run draws the same masks.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -44,7 +45,7 @@ def threads_for(model: onnx.ModelProto) -> int | None:
     """One intra-op thread for a small graph (a head trained on cached features: a second thread's wake-ups
     and spinning between steps cost more than its share of the work, and slow the checkpoint written after
     each epoch); None, every core, otherwise."""
-    values = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    values = sum(math.prod(t.dims) for t in model.graph.initializer)
     return 1 if values < SMALL_GRAPH_VALUES else None
 
 
