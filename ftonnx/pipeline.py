@@ -394,7 +394,7 @@ def _build_caches(prefix: onnx.ModelProto, datasets: tuple[Dataset, Dataset], ru
     limit; each is closed (its spill files deleted) when `cleanup` closes."""
     caches: list[ActivationCache] = []
     limit = config.cache_mem or default_mem_limit()
-    session = PrefixSession(prefix, config.device)  # opening while the first images decode
+    session = PrefixSession(prefix, config.device)  # opening in the background; one for both data sets
     for dataset, n in zip(datasets, (config.cache_views, 1)):
         with Progress(len(dataset.samples) * n, "caching activations") as bar:
             caches.append(cleanup.enter_context(contextlib.closing(ActivationCache.build(

@@ -165,7 +165,7 @@ def _fill(prefix: "PrefixSession", loader: Loader, views: int, writer: "Writer",
     labels = None
     for v in range(views):
         seen: list[np.ndarray] = []
-        for x, y in loader.epoch(v):  # the first batch decodes while the session opens
+        for x, y in loader.epoch(v):  # the first batch starts decoding while the session opens
             writer.write(prefix.run(x))
             seen.append(y)
             if progress is not None:
@@ -261,9 +261,9 @@ class Writer:
 
 class PrefixSession:
     """The throughput session of a prefix with one image input on `device`, opened in a background thread
-    from the moment this is made: ONNX Runtime's graph optimisation of a backbone takes tens of
-    milliseconds, which the first images' decoding overlaps. The first `run` waits for it (and raises what
-    opening it raised)."""
+    from the moment this is made, while the first images start decoding; ONNX Runtime holds the GIL for most of
+    the tens of milliseconds it optimises a backbone, so the overlap is partial (docs/performance.md). The first
+    `run` waits for it (and raises what opening it raised)."""
 
     def __init__(self, model: onnx.ModelProto, device: str) -> None:
         inputs = GraphIndex(model).inputs
