@@ -45,12 +45,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench import compile_bytecode
+from _bench import DEFAULT_DATA, UNTIL, compile_bytecode
 
-REPO = Path(__file__).resolve().parents[1]
-HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 MODEL = "efficientnet-lite0"
-LATE = "/_blocks.14/Add"  # the output of the second-to-last block: block 15, _conv_head and the head train
 ROWS = ("cache", "nocache", "pytorch", "floor", "late-cache", "late-nocache")
 THREADS = os.cpu_count() or 1
 
@@ -217,10 +214,11 @@ def report(runs: dict[tuple[str, int], list[tuple[float, float | None, str]]], e
                                    ("nocache", "cache", "the cache's own gain"),
                                    ("cache", "floor", "issue 4: <= 1.5; issue 17: <= 1.1"),
                                    ("late-nocache", "late-cache", "issue: >= 3, top-1 within 1 point")):
-            a, b = runs.get((slow, e)), runs.get(("floor", 0) if fast == "floor" else (fast, e))
+            other = ("floor", 0) if fast == "floor" else (fast, e)
+            a, b = runs.get((slow, e)), runs.get(other)
             if a and b:
                 ratio = statistics.median(x[0] / y[0] for x, y in zip(a, b))
-                top1 = results[(slow, e)][1], results[("floor", 0) if fast == "floor" else (fast, e)][1]
+                top1 = results[(slow, e)][1], results[other][1]
                 points = f", top-1 {100 * (top1[0] - top1[1]):+.1f} points" if None not in top1 else ""
                 print(f"- {e} epochs: {slow} / {fast} = {ratio:.2f}{points} ({target})")
 
@@ -229,10 +227,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, nargs="+", default=[30, 5], help="epoch counts to run each row at")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which rows run")
-    parser.add_argument("--data", type=Path, default=HYMENOPTERA, help="ImageFolder with train/ and val/")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ImageFolder with train/ and val/")
     parser.add_argument("--limit", type=int, help="use only the first N images of each split (a smoke run)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--late", default=LATE, help="SPEC of --freeze until: for the late rows")
+    parser.add_argument("--late", default=UNTIL, help="SPEC of --freeze until: for the late rows (the output of the "
+                        "second-to-last block: block 15, _conv_head and the head train)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the floor and each row this many times, in turn; the table shows median wall times")
     parser.add_argument("--child", choices=["torch", "floor"], help=argparse.SUPPRESS)

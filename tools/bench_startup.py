@@ -25,10 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench import DEFAULT_DATA as HYMENOPTERA
 from _bench import compile_bytecode
-
-REPO = Path(__file__).resolve().parents[1]
-HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 
 
 def run_once(command: list[str]) -> tuple[float, float]:
